@@ -1,0 +1,3 @@
+"""wogit: a registry for maps, stored in a bare git repository."""
+
+__version__ = "0.1.0"

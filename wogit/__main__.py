@@ -1,0 +1,3 @@
+from wogit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""The HTTP API: a Bottle app of thin routes over a ``Store``.
+
+``create_app(settings, store)`` builds a fresh app; there are no module globals.
+Routes validate path names, read bodies, call one storage verb and shape the
+answer; storage does the rest.  Each resource's routes live in their own module.
+"""
+
+from __future__ import annotations
+
+from wogit.api import metadata, responses, tags, uploads, version
+from wogit.settings import Settings
+from wogit.store import Store
+
+
+def create_app(settings: Settings, store: Store) -> responses.App:
+    app = responses.App(catchall=True, autojson=False)
+    app.install(responses.guard)
+    # Order matters: /<repository>/<map>/metadata is matched before a tag route would be.
+    for module in (version, uploads, metadata, tags):
+        module.install(app, store, settings)
+    return app

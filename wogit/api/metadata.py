@@ -1,0 +1,40 @@
+"""``/<repository>/<map>/metadata``: set, read and delete a map's key=value metadata."""
+
+import bottle
+
+from wogit import errors, metadata, names
+from wogit.api.body import Body
+from wogit.api.responses import json_response
+
+TEXT = "text/plain; charset=utf-8"
+
+
+def install(app, store, settings) -> None:
+    @app.put("/<repository>/<map>/metadata")
+    def put_metadata(repository, map):
+        names.check_map_name(repository, map)
+        store.get_metadata(repository, map)  # 404 before reading a body for a map that does not exist
+        body = Body(bottle.request.environ, settings.max_small_body, "metadata body")
+        parsed = metadata.parse(body.text())
+        if not parsed.items and not parsed.ignored:
+            raise errors.BODY_EMPTY("the metadata body holds no key=value pair")
+        store.set_metadata(repository, map, parsed.items)
+        return json_response(200, {"set": sorted(parsed.items), "ignored": parsed.ignored})
+
+    @app.get("/<repository>/<map>/metadata")
+    def get_all_metadata(repository, map):
+        names.check_map_name(repository, map)
+        items = store.get_metadata(repository, map).items
+        return bottle.HTTPResponse(metadata.serialise(items), 200, {"Content-Type": TEXT})
+
+    @app.get("/<repository>/<map>/metadata/<key>")
+    def get_metadata(repository, map, key):
+        names.check_map_name(repository, map)
+        value = store.get_metadata_value(repository, map, key)
+        return bottle.HTTPResponse(value.encode("utf-8"), 200, {"Content-Type": TEXT})
+
+    @app.delete("/<repository>/<map>/metadata/<key>")
+    def delete_metadata(repository, map, key):
+        names.check_map_name(repository, map)
+        store.delete_metadata(repository, map, key)
+        return json_response(200, {"deleted": key})

@@ -1,0 +1,72 @@
+"""How every answer is written: JSON bodies, and the one place errors become ``{"msg": ...}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import bottle
+
+from wogit import errors
+
+log = logging.getLogger("wogit")
+
+#: Set in the WSGI environ once a request body has been read to its end.
+BODY_DONE = "wogit.body_done"
+
+
+def json_response(status: int, payload: dict, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
+    body = json.dumps(payload, sort_keys=True) + "\n"
+    return bottle.HTTPResponse(body, status, {**(headers or {}), "Content-Type": "application/json"})
+
+
+def error_response(err: errors.WogitError) -> bottle.HTTPResponse:
+    headers = dict(err.headers)
+    if _body_pending(bottle.request.environ):
+        # An unread body must not be drained (it may be GiBs) nor parsed as the next request.
+        headers["Connection"] = "close"
+    return json_response(err.status, {"msg": err.msg}, headers)
+
+
+def _body_pending(environ: dict) -> bool:
+    if environ.get(BODY_DONE):
+        return False
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return True
+    return environ.get("CONTENT_LENGTH", "0") not in ("", "0")
+
+
+def guard(callback):
+    """Bottle plugin: a route's WogitError, or any failure, becomes a JSON error response."""
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except errors.WogitError as err:
+            return error_response(err)
+        except Exception:
+            log.exception("unexpected failure in %s %s", bottle.request.method, bottle.request.path)
+            return error_response(errors.INTERNAL())
+    return wrapper
+
+
+class App(bottle.Bottle):
+    """A Bottle app whose own errors (no route, wrong method, bad path) are JSON too."""
+
+    def default_error_handler(self, res: bottle.HTTPError) -> str:
+        request = bottle.request
+        if res.status_code == 404:
+            err = errors.NOT_FOUND(f"no such resource: {request.method} {request.path}")
+        elif res.status_code == 405:
+            allow = res.headers.get("Allow", "")
+            err = errors.METHOD_NOT_ALLOWED(f"{request.method} is not allowed on {request.path}; allowed: {allow}")
+        elif res.status_code < 500:
+            err = errors.ErrorCode("BAD_REQUEST", res.status_code, "bad request")(str(res.body))
+        else:
+            if res.traceback:
+                log.error("unexpected failure in %s %s\n%s", request.method, request.path, res.traceback)
+            err = errors.INTERNAL()
+        reply = error_response(err)
+        bottle.response.status = err.status
+        for name, value in reply.headers.items():
+            bottle.response.set_header(name, value)
+        return reply.body

@@ -1,0 +1,70 @@
+"""``PUT`` and ``GET`` ``/<repository>/<map>/<tag_id>``: create a tag, download it as a tarball."""
+
+import json
+import time
+
+import bottle
+
+from wogit import errors, names
+from wogit.api.body import Body
+from wogit.api.responses import json_response
+
+
+def install(app, store, settings) -> None:
+    @app.put("/<repository>/<map>/<tag_id>")
+    def put_tag(repository, map, tag_id):
+        names.check_tag_name(repository, map, tag_id)
+        fields = _tag_fields(Body(bottle.request.environ, settings.max_small_body, "tag body").text())
+        tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"])
+        return json_response(201, _describe(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
+
+    @app.get("/<repository>/<map>/<tag_id>")
+    def get_tag(repository, map, tag_id):
+        names.check_tag_name(repository, map, tag_id)
+        archive = store.archive(repository, map, tag_id)
+        headers = {
+            "ETag": archive.etag,
+            "Last-Modified": _http_date(archive.tag.created),
+            "Cache-Control": "no-cache",
+        }
+        if _matches(bottle.request.get_header("If-None-Match"), archive.etag):
+            return bottle.HTTPResponse(b"", 304, headers)
+        headers.update({
+            "Content-Type": "application/gzip",
+            "Content-Disposition": f'attachment; filename="{repository}-{map}-{tag_id}.tar.gz"',
+            "Wo-Map-Digest": archive.tag.map_digest,
+            "Wo-Config-Digest": archive.tag.config_digest,
+        })
+        # HEAD: no body, and no Content-Length either (the length is only known by compressing).
+        body = iter([b""]) if bottle.request.method == "HEAD" else archive.chunks()
+        return bottle.HTTPResponse(body, 200, headers)
+
+
+def _tag_fields(text: str) -> dict[str, str]:
+    try:
+        fields = json.loads(text)
+    except ValueError as exc:
+        raise errors.BODY_INVALID(f"the tag body is not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise errors.BODY_INVALID('the tag body must be a JSON object {"map_digest": ..., "config_digest": ...}')
+    for field in ("map_digest", "config_digest"):
+        if not isinstance(fields.get(field), str):
+            raise errors.BODY_INVALID(f"the tag body needs {field!r} as a string")
+    return fields
+
+
+def _describe(tag) -> dict:
+    return {"repository": tag.repository, "map": tag.map, "tag": tag.tag,
+            "map_digest": tag.map_digest, "config_digest": tag.config_digest,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(tag.created))}
+
+
+def _http_date(seconds: int) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(seconds))
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
+    return "*" in candidates or etag in candidates

@@ -1,0 +1,29 @@
+"""``PUT /blobs/upload`` and ``PUT /configs/upload``: content addressed by digest."""
+
+import bottle
+
+from wogit import errors, names
+from wogit.api.body import Body
+from wogit.api.responses import json_response
+
+HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
+
+
+def install(app, store, settings) -> None:
+    def upload(kind: str, limit: int):
+        header = HEADERS[kind]
+        announced = bottle.request.get_header(header)
+        body = Body(bottle.request.environ, limit, kind)
+        result = store.put(kind, body, body.length, announced)
+        headers = {header: result.digest}
+        if not result.created:
+            raise errors.EXISTS(f"{kind} {result.digest} was already uploaded", headers)
+        return json_response(201, {"digest": result.digest}, headers)
+
+    @app.put("/blobs/upload")
+    def put_map():
+        return upload(names.MAP, settings.max_map_size)
+
+    @app.put("/configs/upload")
+    def put_config():
+        return upload(names.CONFIG, settings.max_config_size)

@@ -1,0 +1,71 @@
+"""Every error the registry can answer, declared once.
+
+Each ``ErrorCode`` names a failure, its HTTP status and what it means; raising
+``CODE("what exactly was wrong")`` produces a ``WogitError`` that the HTTP layer
+turns into ``{"msg": "..."}`` in one place (``wogit.api.errors``).  Storage raises
+these too: they describe what went wrong, not how it is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class WogitError(Exception):
+    """A failure the client should hear about: a code, a message, extra headers."""
+
+    def __init__(self, code: ErrorCode, msg: str, headers: dict[str, str] | None = None):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.headers = dict(headers or {})
+
+    @property
+    def status(self) -> int:
+        return self.code.status
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    name: str
+    status: int
+    description: str
+
+    def __call__(self, msg: str | None = None, headers: dict[str, str] | None = None) -> WogitError:
+        return WogitError(self, msg or self.description, headers)
+
+
+CATALOGUE: list[ErrorCode] = []
+
+
+def _declare(name: str, status: int, description: str) -> ErrorCode:
+    code = ErrorCode(name, status, description)
+    CATALOGUE.append(code)
+    return code
+
+
+NAME_INVALID = _declare("NAME_INVALID", 400, "a repository, map, tag or metadata key breaks the name rules")
+DIGEST_INVALID = _declare("DIGEST_INVALID", 400, "a digest is not sha256: followed by 64 lowercase hex digits")
+DIGEST_MISMATCH = _declare("DIGEST_MISMATCH", 400, "the uploaded bytes do not have the digest the client announced")
+BODY_EMPTY = _declare("BODY_EMPTY", 400, "the request body is empty")
+BODY_INVALID = _declare("BODY_INVALID", 400, "the request body is not of the documented form")
+BODY_INCOMPLETE = _declare("BODY_INCOMPLETE", 400, "the request body ended before its announced length")
+BAD_REQUEST = _declare("BAD_REQUEST", 400, "the request is malformed")
+NOT_FOUND = _declare("NOT_FOUND", 404, "no such resource")
+BLOB_UNKNOWN = _declare("BLOB_UNKNOWN", 404, "no map or config with that digest was uploaded")
+TAG_UNKNOWN = _declare("TAG_UNKNOWN", 404, "the tag does not exist")
+MAP_UNKNOWN = _declare("MAP_UNKNOWN", 404, "the repository or map does not exist (a map exists once it has a tag)")
+KEY_UNKNOWN = _declare("KEY_UNKNOWN", 404, "the map has no metadata with that key")
+METHOD_NOT_ALLOWED = _declare("METHOD_NOT_ALLOWED", 405, "the method is not allowed on this path (see Allow)")
+EXISTS = _declare("EXISTS", 409, "the map, config or tag already exists")
+LENGTH_REQUIRED = _declare("LENGTH_REQUIRED", 411, "the request has a body but neither Content-Length nor chunked encoding")
+TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this registry accepts")
+UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
+INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
+
+
+def markdown_table() -> str:
+    """The catalogue as the Markdown table in docs/api.md (kept equal by a test)."""
+    rows = ["| status | code | meaning |", "| --- | --- | --- |"]
+    rows += [f"| {c.status} | `{c.name}` | {c.description} |" for c in CATALOGUE]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,372 @@
+"""The registry's storage: maps, configs, tags and metadata in a bare git repository.
+
+Verbs use the API's words and return small immutable values; failures raise
+``wogit.errors`` codes.  Ref names come only from ``wogit.names``; big blobs go
+through ``wogit.objects`` so memory never grows with a map's size.
+
+Writes are safe across threads and processes: every ref change is an atomic
+create (tags, digest index) or a compare-and-swap of the old value (metadata),
+retried on lock contention or a lost race, so no update is lost and nothing
+half-written becomes visible.  Objects and refs are fsync'd before a write
+returns.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pygit2
+
+from wogit import errors, metadata, names, objects, tarball
+
+T = TypeVar("T")
+IDENTITY = ("wogit", "wogit@localhost")
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+@dataclass(frozen=True)
+class Upload:
+    digest: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Tag:
+    repository: str
+    map: str
+    tag: str
+    map_digest: str
+    config_digest: str
+    created: int
+    commit: str
+    map_oid: str
+    config_oid: str
+
+
+@dataclass(frozen=True)
+class Metadata:
+    items: dict[str, str]
+    version: str  # the git tree id of the metadata: equal items, equal version
+
+
+@dataclass(frozen=True)
+class Archive:
+    tag: Tag
+    etag: str
+    chunks: Callable[[], Iterator[bytes]]
+
+
+class _Contended(Exception):
+    """A ref was locked or moved under us: try again."""
+
+
+class Store:
+    def __init__(self, path: str, fsync: bool = True, retry_seconds: float = 30.0):
+        self.path = os.path.abspath(path)
+        self.fsync = fsync
+        self.retry_seconds = retry_seconds
+        self._local = threading.local()
+        pygit2.settings.enable_fsync_gitdir(fsync)
+        init(self.path)
+        self.objects_dir = os.path.join(self.path, "objects")
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """This thread's handle: pygit2 repositories are not shared across threads."""
+        repo = getattr(self._local, "repo", None)
+        if repo is None:
+            repo = self._local.repo = pygit2.Repository(self.path)
+        return repo
+
+    # -- maps and configs ----------------------------------------------------
+
+    def put(self, kind: str, body: objects.Reader, length: int | None = None,
+            expected: str | None = None) -> Upload:
+        """Store one map or config read from ``body`` (``length`` bytes, or to EOF).
+
+        ``expected`` is the digest the client announced: a mismatch stores
+        nothing; a digest already stored as ``kind`` answers at once, unread.
+        """
+        expected_hex = names.digest_hex(expected, "announced digest") if expected is not None else None
+        if expected_hex and self._blob_oid(kind, expected) is not None:
+            return Upload(expected, False)
+        reader = _Utf8Reader(body) if kind == names.CONFIG else body
+        spooled = None
+        try:
+            if length is None:
+                spooled, length = objects.spool(self.objects_dir, reader)
+                reader = spooled
+            if length == 0:
+                raise errors.BODY_EMPTY(f"the {kind} is empty")
+
+            def check(hexdigest: str) -> None:
+                if expected_hex and hexdigest != expected_hex:
+                    raise errors.DIGEST_MISMATCH(
+                        f"the {kind} has digest sha256:{hexdigest}, not the announced {expected}")
+
+            try:
+                oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync)
+            except EOFError as exc:
+                raise errors.BODY_INCOMPLETE(f"the {kind} body ended early: {exc}") from None
+        finally:
+            if spooled is not None:
+                spooled.close()
+        digest = names.digest(hexdigest)
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), oid))
+
+    def _blob_oid(self, kind: str, digest: str) -> str | None:
+        """The git id of a stored map or config, None if unknown or its object is missing."""
+        ref = self.repo.references.get(names.blob_ref(kind, digest))
+        if ref is None:
+            return None
+        try:
+            kind_id, _ = self.repo.odb.read_header(ref.target)
+        except KeyError:
+            return None
+        return str(ref.target) if kind_id == pygit2.enums.ObjectType.BLOB else None
+
+    def _require_blob(self, kind: str, digest: str, field: str) -> str:
+        names.digest_hex(digest, field, errors.BLOB_UNKNOWN)
+        oid = self._blob_oid(kind, digest)
+        if oid is None:
+            raise errors.BLOB_UNKNOWN(f"{field} {digest} names no uploaded {kind}")
+        return oid
+
+    # -- tags ----------------------------------------------------------------
+
+    def create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str) -> Tag:
+        ref = names.tag_ref(repository, map, tag)
+        exists = errors.EXISTS(f"tag {repository}/{map}/{tag} already exists; tags are immutable")
+        if self.repo.references.get(ref) is not None:
+            raise exists
+        map_oid = self._require_blob(names.MAP, map_digest, "map_digest")
+        config_oid = self._require_blob(names.CONFIG, config_digest, "config_digest")
+        repo = self.repo
+        builder = repo.TreeBuilder()
+        builder.insert("config", pygit2.Oid(hex=config_oid), pygit2.enums.FileMode.BLOB)
+        builder.insert("map", pygit2.Oid(hex=map_oid), pygit2.enums.FileMode.BLOB)
+        message = (f"tag {repository}/{map}/{tag}\n\n"
+                   f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
+        commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(), [])
+        if not self._create_ref(ref, commit):
+            raise exists
+        return self.get_tag(repository, map, tag)
+
+    def get_tag(self, repository: str, map: str, tag: str) -> Tag:
+        ref = self.repo.references.get(names.tag_ref(repository, map, tag))
+        if ref is None:
+            raise errors.TAG_UNKNOWN(f"tag {repository}/{map}/{tag} does not exist")
+        commit = self.repo[ref.target]
+        fields = dict(line.split(": ", 1) for line in commit.message.splitlines() if ": " in line)
+        return Tag(repository, map, tag, fields["map_digest"], fields["config_digest"],
+                   commit.commit_time, str(commit.id), str(commit.tree["map"].id),
+                   str(commit.tree["config"].id))
+
+    def map_exists(self, repository: str, map: str) -> bool:
+        """A map exists once it has a tag."""
+        prefix = names.tags_prefix(repository, map)
+        out = subprocess.run(
+            ["git", "--git-dir", self.path, "for-each-ref", "--count=1", "--format=%(refname)", prefix],
+            check=True, capture_output=True, text=True).stdout
+        return bool(out.strip())
+
+    # -- metadata ------------------------------------------------------------
+
+    def get_metadata(self, repository: str, map: str) -> Metadata:
+        commit = self._metadata_head(repository, map)
+        if commit is None:
+            return Metadata({}, EMPTY_TREE)
+        items = {entry.name: self.repo[entry.id].data.decode("utf-8") for entry in commit.tree}
+        return Metadata(items, str(commit.tree.id))
+
+    def get_metadata_value(self, repository: str, map: str, key: str) -> str:
+        value = self.get_metadata(repository, map).items.get(key) if names.is_key(key) else None
+        if value is None:
+            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
+        return value
+
+    def set_metadata(self, repository: str, map: str, items: dict[str, str]) -> list[str]:
+        """Merge ``items`` into the map's metadata; return the keys whose value changed."""
+        self._metadata_head(repository, map)
+        for key, value in items.items():
+            if not names.is_key(key):
+                raise errors.NAME_INVALID(f"invalid metadata key {key!r}: must match {names.KEY_RULE}")
+            metadata.check_value(key, value)
+        blobs = {key: self.repo.create_blob(value.encode("utf-8")) for key, value in items.items()}
+
+        def change(builder: pygit2.TreeBuilder) -> tuple[list[str], str]:
+            changed = [key for key, oid in blobs.items()
+                       if builder.get(key) is None or builder.get(key).id != oid]
+            for key in changed:
+                builder.insert(key, blobs[key], pygit2.enums.FileMode.BLOB)
+            body = "".join(f"{key}={items[key]}\n" for key in changed)
+            return changed, f"set {', '.join(changed)}\n\n{body}"
+
+        return self._change_metadata(repository, map, change)
+
+    def delete_metadata(self, repository: str, map: str, key: str) -> None:
+        self._metadata_head(repository, map)
+        unknown = errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
+        if not names.is_key(key):
+            raise unknown
+
+        def change(builder: pygit2.TreeBuilder) -> tuple[list[str], str]:
+            if builder.get(key) is None:
+                raise unknown
+            builder.remove(key)
+            return [key], f"delete {key}\n"
+
+        self._change_metadata(repository, map, change)
+
+    def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
+        """The newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
+        ref = self.repo.references.get(names.metadata_ref(repository, map))
+        if ref is not None:
+            return self.repo[ref.target]
+        if not self.map_exists(repository, map):
+            raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
+        return None
+
+    def _change_metadata(self, repository: str, map: str,
+                         change: Callable[[pygit2.TreeBuilder], tuple[list[str], str]]) -> list[str]:
+        """Apply ``change`` to the newest metadata tree as one commit, compare-and-swap, retried."""
+        name = names.metadata_ref(repository, map)
+
+        def attempt() -> list[str]:
+            repo = self.repo
+            ref = repo.references.get(name)
+            parent = repo[ref.target] if ref is not None else None
+            builder = repo.TreeBuilder(parent.tree) if parent is not None else repo.TreeBuilder()
+            changed, message = change(builder)
+            if not changed:
+                return changed
+            commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(),
+                                        [parent.id] if parent is not None else [])
+            if ref is None:
+                if not self._create_ref(name, commit):
+                    raise _Contended(name)
+            else:
+                try:
+                    ref.set_target(commit, message.splitlines()[0])
+                except (pygit2.GitError, OSError) as exc:
+                    raise _contention(exc) from None
+            return changed
+
+        return self._retrying(attempt)
+
+    # -- archives ------------------------------------------------------------
+
+    def archive(self, repository: str, map: str, tag: str) -> Archive:
+        """A tag as a reproducible tar.gz of ``map``, ``metadata`` and ``config``."""
+        found = self.get_tag(repository, map, tag)
+        meta = self.get_metadata(repository, map)
+        etag = '"' + hashlib.sha256(f"{found.commit} {meta.version}".encode()).hexdigest() + '"'
+        meta_bytes = metadata.serialise(meta.items)
+        config = self.repo[found.config_oid].data  # configs are bounded in size
+        _, map_size = self.repo.odb.read_header(found.map_oid)
+
+        def chunks() -> Iterator[bytes]:
+            size, stream = objects.read_blob(self.path, found.map_oid)
+            sample, stream = _peek(stream, objects.CHUNK)
+            members = [tarball.Member("map", map_size, stream),
+                       tarball.Member("metadata", len(meta_bytes), [meta_bytes]),
+                       tarball.Member("config", len(config), [config])]
+            yield from tarball.tar_gz(members, found.created, sample)
+
+        return Archive(found, etag, chunks)
+
+    # -- refs ----------------------------------------------------------------
+
+    def _create_ref(self, name: str, target) -> bool:
+        """Atomically create ``name``; False if it already exists."""
+        def attempt() -> bool:
+            try:
+                self.repo.references.create(name, target, force=False)
+                return True
+            except pygit2.AlreadyExistsError:
+                return False
+            except (pygit2.GitError, OSError) as exc:
+                raise _contention(exc) from None
+
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.001
+        while True:
+            try:
+                return attempt()
+            except _Contended as exc:
+                if time.monotonic() > deadline:
+                    raise errors.UNAVAILABLE(f"{exc} stayed locked; retry shortly") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+
+
+def init(path: str) -> None:
+    """Create the bare repository at ``path`` if it is not one yet (idempotent)."""
+    if os.path.isfile(os.path.join(path, "HEAD")):
+        return
+    if os.path.isdir(path) and os.listdir(path):
+        raise SystemExit(f"wogit: {path} exists and is not a bare git repository")
+    repo = pygit2.init_repository(path, bare=True)
+    for key, value in (("core.fsync", "all"), ("receive.fsckObjects", "true"),
+                       ("core.logAllRefUpdates", "false")):
+        repo.config[key] = value
+
+
+def _contention(exc: Exception) -> Exception:
+    text = str(exc)
+    if "lock" in text or "old reference value does not match" in text or "already exists" in text:
+        return _Contended(text)
+    return exc
+
+
+def _signature() -> pygit2.Signature:
+    return pygit2.Signature(*IDENTITY, int(time.time()), 0)
+
+
+def _peek(stream: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
+    """The first ``size`` bytes of ``stream`` (or all of it) and a stream that still yields them."""
+    head: list[bytes] = []
+    have = 0
+    for chunk in stream:
+        head.append(chunk)
+        have += len(chunk)
+        if have >= size:
+            break
+    sample = b"".join(head)
+
+    def rest() -> Iterator[bytes]:
+        yield from head
+        yield from stream
+
+    return sample[:size], rest()
+
+
+class _Utf8Reader:
+    """Passes bytes through, refusing any that are not UTF-8."""
+
+    def __init__(self, body: objects.Reader):
+        self.body = body
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        data = self.body.read(size)
+        try:
+            self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise errors.BODY_INVALID(
+                f"the config is not valid UTF-8 (byte {self.offset + exc.start})") from None
+        self.offset += len(data)
+        return data
