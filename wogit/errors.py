@@ -66,6 +66,6 @@ INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the requ
 
 def markdown_table() -> str:
     """The catalogue as the Markdown table in docs/api.md (kept equal by a test)."""
-    rows = ["| status | code | meaning |", "| --- | --- | --- |"]
+    rows = ["| status | error (wogit.errors) | meaning |", "| --- | --- | --- |"]
     rows += [f"| {c.status} | `{c.name}` | {c.description} |" for c in CATALOGUE]
     return "\n".join(rows) + "\n"
