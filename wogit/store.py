@@ -196,7 +196,7 @@ class Store:
 
     def set_metadata(self, repository: str, map: str, items: dict[str, str]) -> list[str]:
         """Merge ``items`` into the map's metadata; return the keys whose value changed."""
-        self._metadata_head(repository, map)
+        self.require_map(repository, map)
         for key, value in items.items():
             if not names.is_key(key):
                 raise errors.NAME_INVALID(f"invalid metadata key {key!r}: must match {names.KEY_RULE}")
@@ -214,7 +214,7 @@ class Store:
         return self._change_metadata(repository, map, change)
 
     def delete_metadata(self, repository: str, map: str, key: str) -> None:
-        self._metadata_head(repository, map)
+        self.require_map(repository, map)
         unknown = errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
         if not names.is_key(key):
             raise unknown
@@ -226,6 +226,10 @@ class Store:
             return [key], f"delete {key}\n"
 
         self._change_metadata(repository, map, change)
+
+    def require_map(self, repository: str, map: str) -> None:
+        """MAP_UNKNOWN unless the map exists."""
+        self._metadata_head(repository, map)
 
     def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
         """The newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""

@@ -13,7 +13,7 @@ def install(app, store, settings) -> None:
     @app.put("/<repository>/<map>/metadata")
     def put_metadata(repository, map):
         names.check_map_name(repository, map)
-        store.get_metadata(repository, map)  # 404 before reading a body for a map that does not exist
+        store.require_map(repository, map)  # 404 before reading a body for a map that does not exist
         body = Body(bottle.request.environ, settings.max_small_body, "metadata body")
         parsed = metadata.parse(body.text())
         if not parsed.items and not parsed.ignored:
