@@ -31,6 +31,7 @@ from wogit import errors, metadata, names, objects, tarball
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+ZERO_OID = "0" * 40
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,7 @@ class Store:
     def map_exists(self, repository: str, map: str) -> bool:
         """A map exists once it has a tag."""
         prefix = names.tags_prefix(repository, map)
-        out = subprocess.run(
-            ["git", "--git-dir", self.path, "for-each-ref", "--count=1", "--format=%(refname)", prefix],
-            check=True, capture_output=True, text=True).stdout
-        return bool(out.strip())
+        return bool(self._git("for-each-ref", "--count=1", "--format=%(refname)", prefix).stdout.strip())
 
     # -- metadata ------------------------------------------------------------
 
@@ -291,17 +289,26 @@ class Store:
     # -- refs ----------------------------------------------------------------
 
     def _create_ref(self, name: str, target) -> bool:
-        """Atomically create ``name``; False if it already exists."""
+        """Atomically create ``name``; False if it already exists.
+
+        libgit2 checks that a ref is absent *before* taking its lock, so two
+        processes can both "create" it; ``git update-ref <ref> <new> <zero>``
+        checks under the lock, which makes exactly one creator win.
+        """
         def attempt() -> bool:
-            try:
-                self.repo.references.create(name, target, force=False)
+            result = self._git("update-ref", "--no-deref", name, str(target), ZERO_OID, check=False)
+            if result.returncode == 0:
                 return True
-            except pygit2.AlreadyExistsError:
+            if "reference already exists" in result.stderr:
                 return False
-            except (pygit2.GitError, OSError) as exc:
-                raise _contention(exc) from None
+            if "Unable to create" in result.stderr and ".lock" in result.stderr:
+                raise _Contended(name)
+            raise RuntimeError(f"git update-ref {name} failed: {result.stderr.strip()}")
 
         return self._retrying(attempt)
+
+    def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "--git-dir", self.path, *args], check=check, capture_output=True, text=True)
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_seconds
@@ -328,11 +335,13 @@ def init(path: str) -> None:
         repo.config[key] = value
 
 
+_CONTENTION = ("failed to lock", "old reference value does not match")
+
+
 def _contention(exc: Exception) -> Exception:
+    """A _Contended for libgit2's "someone else holds or moved this ref", else ``exc`` itself."""
     text = str(exc)
-    if "lock" in text or "old reference value does not match" in text or "already exists" in text:
-        return _Contended(text)
-    return exc
+    return _Contended(text) if any(sign in text for sign in _CONTENTION) else exc
 
 
 def _signature() -> pygit2.Signature:

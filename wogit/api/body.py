@@ -13,11 +13,12 @@ from wogit.api.responses import BODY_DONE
 
 
 class Body:
-    def __init__(self, environ: dict, limit: int, what: str):
+    def __init__(self, environ: dict, limit: int, what: str, empty_ok: bool = False):
         self.environ = environ
         self.limit = limit
         self.what = what
         self.received = 0
+        self.empty_ok = empty_ok
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         declared = environ.get("CONTENT_LENGTH", "")
         if chunked and declared:
@@ -30,7 +31,7 @@ class Body:
             raise errors.BAD_REQUEST(f"invalid Content-Length {declared!r}")
         else:
             self.length = int(declared)
-            if self.length == 0:
+            if self.length == 0 and not empty_ok:
                 environ[BODY_DONE] = True
                 raise errors.BODY_EMPTY(f"the {what} is empty")
             if self.length > limit:
@@ -52,7 +53,7 @@ class Body:
                 raise errors.BODY_INCOMPLETE(
                     f"the {self.what} ended after {self.received} of {self.length} bytes")
             self.environ[BODY_DONE] = True
-            if not self.received:
+            if not self.received and not self.empty_ok:
                 raise errors.BODY_EMPTY(f"the {self.what} is empty")
             return b""
         self.received += len(data)

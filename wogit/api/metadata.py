@@ -2,7 +2,7 @@
 
 import bottle
 
-from wogit import errors, metadata, names
+from wogit import metadata, names
 from wogit.api.body import Body
 from wogit.api.responses import json_response
 
@@ -14,10 +14,9 @@ def install(app, store, settings) -> None:
     def put_metadata(repository, map):
         names.check_map_name(repository, map)
         store.require_map(repository, map)  # 404 before reading a body for a map that does not exist
-        body = Body(bottle.request.environ, settings.max_small_body, "metadata body")
+        # An empty body is the metadata file of a map without metadata: accepted, changes nothing.
+        body = Body(bottle.request.environ, settings.max_small_body, "metadata body", empty_ok=True)
         parsed = metadata.parse(body.text())
-        if not parsed.items and not parsed.ignored:
-            raise errors.BODY_EMPTY("the metadata body holds no key=value pair")
         store.set_metadata(repository, map, parsed.items)
         return json_response(200, {"set": sorted(parsed.items), "ignored": parsed.ignored})
 

@@ -35,8 +35,9 @@ def install(app, store, settings) -> None:
             "Wo-Map-Digest": archive.tag.map_digest,
             "Wo-Config-Digest": archive.tag.config_digest,
         })
-        # HEAD: no body, and no Content-Length either (the length is only known by compressing).
-        body = iter([b""]) if bottle.request.method == "HEAD" else archive.chunks()
+        # HEAD: Bottle drops the body; a non-empty placeholder keeps it from adding
+        # "Content-Length: 0" (the real length is only known by compressing).
+        body = iter([b" "]) if bottle.request.method == "HEAD" else archive.chunks()
         return bottle.HTTPResponse(body, 200, headers)
 
 
