@@ -75,7 +75,7 @@ def build_server(settings: Settings, store: Store | None = None) -> wsgi.Server:
         (settings.host, settings.port), create_app(settings, store),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",
         timeout=settings.timeout, shutdown_timeout=settings.shutdown_timeout,
-        accepted_queue_timeout=1.0,
+        accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
     server.ConnectionClass = _Connection

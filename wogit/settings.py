@@ -20,6 +20,7 @@ class Settings:
     max_config_size: int = 16 * MiB
     max_small_body: int = 1 * MiB  # tag JSON and metadata bodies
     threads: int = 16
+    backlog: int = 256  # connections the kernel queues before the server accepts them
     timeout: float = 30.0  # seconds a connection may sit idle mid-request
     shutdown_timeout: float = 30.0  # seconds to finish requests in flight on SIGTERM
     max_header_size: int = 64 * KiB

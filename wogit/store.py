@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import logging
 import os
 import random
 import subprocess
@@ -32,6 +33,8 @@ T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 ZERO_OID = "0" * 40
+STALE_LOCK_SECONDS = 10.0
+log = logging.getLogger("wogit")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class Archive:
 
 class _Contended(Exception):
     """A ref was locked or moved under us: try again."""
+
+    def __init__(self, ref: str, detail: str = ""):
+        super().__init__(f"{ref}: {detail}" if detail else ref)
+        self.ref = ref
 
 
 class Store:
@@ -260,7 +267,7 @@ class Store:
                 try:
                     ref.set_target(commit, message.splitlines()[0])
                 except (pygit2.GitError, OSError) as exc:
-                    raise _contention(exc) from None
+                    raise _contention(exc, name) from None
             return changed
 
         return self._retrying(attempt)
@@ -302,7 +309,7 @@ class Store:
             if "reference already exists" in result.stderr:
                 return False
             if "Unable to create" in result.stderr and ".lock" in result.stderr:
-                raise _Contended(name)
+                raise _Contended(name, "locked")
             raise RuntimeError(f"git update-ref {name} failed: {result.stderr.strip()}")
 
         return self._retrying(attempt)
@@ -318,7 +325,8 @@ class Store:
                 return attempt()
             except _Contended as exc:
                 if time.monotonic() > deadline:
-                    raise errors.UNAVAILABLE(f"{exc} stayed locked; retry shortly") from None
+                    raise errors.UNAVAILABLE(f"{exc.ref} stayed locked; retry shortly") from None
+                _break_stale_lock(self.path, exc.ref)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
@@ -338,10 +346,38 @@ def init(path: str) -> None:
 _CONTENTION = ("failed to lock", "old reference value does not match")
 
 
-def _contention(exc: Exception) -> Exception:
+def _contention(exc: Exception, ref: str) -> Exception:
     """A _Contended for libgit2's "someone else holds or moved this ref", else ``exc`` itself."""
     text = str(exc)
-    return _Contended(text) if any(sign in text for sign in _CONTENTION) else exc
+    return _Contended(ref, text) if any(sign in text for sign in _CONTENTION) else exc
+
+
+def _break_stale_lock(git_dir: str, ref: str) -> None:
+    """Remove ``<ref>.lock`` when it is older than any live writer holds one: a crash left it.
+
+    Live writers hold a ref lock for milliseconds.  The lock is moved aside first and
+    removed only if it is still the same file, so a fresh lock taken meanwhile survives.
+    """
+    lock = os.path.join(git_dir, ref + ".lock")
+    try:
+        before = os.stat(lock)
+    except FileNotFoundError:
+        return
+    if time.time() - before.st_mtime < STALE_LOCK_SECONDS:
+        return
+    aside = os.path.join(git_dir, f"wogit-stale-lock-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    if os.stat(aside).st_ino == before.st_ino:
+        log.warning("removed the stale lock %s (left by a crashed writer)", lock)
+    else:
+        try:
+            os.link(aside, lock)  # a live writer's lock: put it back
+        except FileExistsError:
+            pass
+    os.unlink(aside)
 
 
 def _signature() -> pygit2.Signature:
