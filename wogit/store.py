@@ -284,7 +284,7 @@ class Store:
         _, map_size = self.repo.odb.read_header(found.map_oid)
 
         def chunks() -> Iterator[bytes]:
-            size, stream = objects.read_blob(self.path, found.map_oid)
+            _, stream = objects.read_blob(self.path, found.map_oid)
             sample, stream = _peek(stream, objects.CHUNK)
             members = [tarball.Member("map", map_size, stream),
                        tarball.Member("metadata", len(meta_bytes), [meta_bytes]),
