@@ -343,7 +343,7 @@ def init(path: str) -> None:
         repo.config[key] = value
 
 
-_CONTENTION = ("failed to lock", "old reference value does not match")
+_CONTENTION = ("failed to lock", "failed to create locked file", "old reference value does not match")
 
 
 def _contention(exc: Exception, ref: str) -> Exception:
