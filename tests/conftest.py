@@ -54,16 +54,23 @@ class Server:
         self.url = ""
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wogit", "serve", "--data", str(self.data), "--port", "0", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=ROOT)
+        # The server's log goes to a file: a pipe nobody reads would block it once full.
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        self.log = self.data.parent / f"{self.data.name}.{len(list(self.data.parent.glob(self.data.name + '.*.log')))}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wogit", "serve", "--data", str(self.data), "--port", "0", *self.args],
+                stdout=subprocess.PIPE, stderr=log, text=True, env=self.env, cwd=ROOT)
         line = self.proc.stdout.readline()
         match = re.search(r"on (http://[\d.]+:\d+)", line)
         if not match:
             self.proc.kill()
-            raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")
+            raise RuntimeError(f"server did not start: {line}{self.log.read_text()}")
         self.url = match.group(1)
         return self
+
+    def log_text(self) -> str:
+        return self.log.read_text()
 
     @property
     def port(self) -> int:
@@ -103,6 +110,7 @@ def server(tmp_path_factory) -> Server:
     srv = Server(tmp_path_factory.mktemp("shared") / "registry.git").start()
     yield srv
     srv.stop()
+    assert "Traceback" not in srv.log_text(), srv.log_text()
 
 
 @pytest.fixture
