@@ -17,7 +17,8 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = ROOT.parent / "shared"  # the project's read-only inputs, beside a checkout (not in a clone)
+FIELD_CASES = ROOT / "tests" / "data" / "field-cases.json"  # a copy of shared/cases/field-cases.json
 MAPS = ROOT / "examples" / "maps"
 TEST_MAP = MAPS / "test.osm.pbf"
 TEST_CONFIG = MAPS / "test.yaml"

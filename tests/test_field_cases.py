@@ -1,4 +1,4 @@
-"""The field cases of ../shared/cases/field-cases.json that concern HTTP behaviour.
+"""The field cases of tests/data/field-cases.json (from shared/cases/) that concern HTTP behaviour.
 
 Each test names its case id; each asserts the exact answer the case expects.
 """
@@ -19,12 +19,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import SHARED, fsck, raw_request, refs, sha256, status_of
+from conftest import FIELD_CASES, SHARED, fsck, raw_request, refs, sha256, status_of
 
-CASES = {case["id"]: case for case in json.loads((SHARED / "cases" / "field-cases.json").read_text())["cases"]}
+CASES = {case["id"]: case for case in json.loads(FIELD_CASES.read_text())["cases"]}
 MAP_HEADER, CONFIG_HEADER = "Wo-Map-Digest", "Wo-Config-Digest"
 UPLOAD = {"map": ("/blobs/upload", MAP_HEADER), "config": ("/configs/upload", CONFIG_HEADER)}
 INDEX = {"map": "refs/wo/_maps/sha256/", "config": "refs/wo/_configs/sha256/"}
+
+
+@pytest.mark.skipif(not (SHARED / "cases").is_dir(), reason="no shared/ beside this checkout")
+def test_the_copy_of_the_field_cases_is_current():
+    shared = {case["id"]: case for case in json.loads((SHARED / "cases" / "field-cases.json").read_text())["cases"]}
+    assert CASES == shared
 
 
 def test_every_http_case_here_exists_in_the_case_file():

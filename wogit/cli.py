@@ -5,18 +5,14 @@ from __future__ import annotations
 import argparse
 
 from wogit import __version__
-from wogit.settings import Settings
+from wogit.settings import Settings, parse_size
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    number, unit = text.rstrip("bBiI"), ""
-    if number and number[-1].lower() in units:
-        number, unit = number[:-1], number[-1].lower()
     try:
-        return int(float(number) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 64G)") from None
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:

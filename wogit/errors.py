@@ -45,14 +45,14 @@ def _declare(name: str, status: int, description: str) -> ErrorCode:
 
 
 NAME_INVALID = _declare("NAME_INVALID", 400, "a repository, map, tag or metadata key breaks the name rules")
-DIGEST_INVALID = _declare("DIGEST_INVALID", 400, "a digest is not sha256: followed by 64 lowercase hex digits")
+DIGEST_INVALID = _declare("DIGEST_INVALID", 400, "a Wo-Map-Digest or Wo-Config-Digest header is not sha256: and 64 lowercase hex digits")
 DIGEST_MISMATCH = _declare("DIGEST_MISMATCH", 400, "the uploaded bytes do not have the digest the client announced")
 BODY_EMPTY = _declare("BODY_EMPTY", 400, "the request body is empty")
 BODY_INVALID = _declare("BODY_INVALID", 400, "the request body is not of the documented form")
 BODY_INCOMPLETE = _declare("BODY_INCOMPLETE", 400, "the request body ended before its announced length")
 BAD_REQUEST = _declare("BAD_REQUEST", 400, "the request is malformed")
 NOT_FOUND = _declare("NOT_FOUND", 404, "no such resource")
-BLOB_UNKNOWN = _declare("BLOB_UNKNOWN", 404, "no map or config with that digest was uploaded")
+BLOB_UNKNOWN = _declare("BLOB_UNKNOWN", 404, "a tag names a digest that is malformed or was not uploaded as that kind")
 TAG_UNKNOWN = _declare("TAG_UNKNOWN", 404, "the tag does not exist")
 MAP_UNKNOWN = _declare("MAP_UNKNOWN", 404, "the repository or map does not exist (a map exists once it has a tag)")
 KEY_UNKNOWN = _declare("KEY_UNKNOWN", 404, "the map has no metadata with that key")

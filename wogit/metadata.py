@@ -29,7 +29,7 @@ class Parsed:
 def check_value(key: str, value: str) -> None:
     for ch in value:
         if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise errors.BODY_INVALID(f"value of {key!r} contains the control character U+{ord(ch):04X}")
+            raise errors.BODY_INVALID(f"value of {key!r} contains the control or line-separator character U+{ord(ch):04X}")
 
 
 def parse(text: str) -> Parsed:

@@ -21,6 +21,8 @@ from typing import BinaryIO, Protocol
 
 CHUNK = 1 << 20
 _PROBE = 1 << 20
+#: git's messages are parsed: keep them untranslated.
+GIT_ENV = {**{k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LANG")}, "LC_ALL": "C"}
 
 
 class Reader(Protocol):
@@ -187,7 +189,7 @@ def _inflate(loose: BinaryIO, inflate, first: bytes) -> Iterator[bytes]:
 def _read_packed(git_dir: str, oid: str) -> tuple[int, Iterator[bytes]]:
     proc = subprocess.Popen(
         ["git", "--git-dir", git_dir, "cat-file", "--batch"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=GIT_ENV,
     )
     proc.stdin.write(oid.encode() + b"\n")
     proc.stdin.close()

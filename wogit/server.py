@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
@@ -15,6 +16,7 @@ from cheroot import wsgi
 
 from wogit import __version__
 from wogit.api import create_app
+from wogit.framing import ChunkedReader, StrictHeaderReader
 from wogit.settings import Settings
 from wogit.store import Store
 
@@ -22,7 +24,9 @@ log = logging.getLogger("wogit")
 
 
 class _Request(cheroot_server.HTTPRequest):
-    """cheroot's request, refusing ambiguous framing and answering its own errors in JSON."""
+    """cheroot's request, with strict framing, JSON for its own errors, and no unread body reused."""
+
+    header_reader = StrictHeaderReader()
 
     def read_request_headers(self) -> bool:
         if not super().read_request_headers():
@@ -58,20 +62,69 @@ class _Request(cheroot_server.HTTPRequest):
             if ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
                 raise
 
+    def respond(self) -> None:
+        if not self.chunked_read:
+            return super().respond()
+        self.rfile = ChunkedReader(self.conn.rfile)  # cheroot's ChunkedRFile holds a chunk whole
+        self.server.gateway(self).respond()
+        self.ready and self.ensure_headers_sent()
+        if self.chunked_write:
+            self.conn.wfile.write(b"0\r\n\r\n")
+
     def send_headers(self) -> None:
-        # The app asks to close (it did not read the body): never drain or parse what is left.
-        if (b"Connection", b"close") in self.outheaders:
+        # A body the app did not read to its end is never drained (it may be GiBs) nor
+        # parsed as the next request: the connection closes instead.
+        unread = (not self.rfile.done) if self.chunked_read else getattr(self.rfile, "remaining", 0) > 0
+        if unread or (b"Connection", b"close") in self.outheaders:
             self.close_connection = True
+        self.conn.unread_body = unread
         super().send_headers()
 
 
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
+    unread_body = False
+    LINGER_SECONDS = 5.0
+    LINGER_BYTES = 64 << 20
+
+    def close(self) -> None:
+        """Close; after an answer to a body left unread, linger to read (and drop) what is
+        still coming, so the client is not reset before it has read the answer."""
+        if self.unread_body:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+                self.socket.settimeout(0.5)
+                deadline = time.monotonic() + self.LINGER_SECONDS
+                dropped = 0
+                while dropped < self.LINGER_BYTES and time.monotonic() < deadline:
+                    data = self.socket.recv(1 << 16)
+                    if not data:
+                        break
+                    dropped += len(data)
+            except OSError:
+                pass
+        super().close()
+
+
+class _Server(wsgi.Server):
+    """Hands a connection to a worker only once the client has sent something.
+
+    cheroot gives every new connection a worker at once, so a few idle
+    connections could hold every worker; here a new connection first waits in
+    the selector, like a kept-alive one, and is closed there after ``timeout``.
+    """
+
+    def process_conn(self, conn) -> None:
+        if not getattr(conn, "wogit_waited", False):
+            conn.wogit_waited = True
+            self._connections.put(conn)
+            return
+        super().process_conn(conn)
 
 
 def build_server(settings: Settings, store: Store | None = None) -> wsgi.Server:
     store = store or Store(settings.data, fsync=settings.fsync)
-    server = wsgi.Server(
+    server = _Server(
         (settings.host, settings.port), create_app(settings, store),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",
         timeout=settings.timeout, shutdown_timeout=settings.shutdown_timeout,

@@ -18,8 +18,8 @@ class Settings:
     port: int = 8080
     max_map_size: int = 64 * GiB
     max_config_size: int = 16 * MiB
-    max_small_body: int = 1 * MiB  # tag JSON and metadata bodies
-    threads: int = 16
+    max_body_size: int = 1 * MiB  # tag JSON and metadata bodies
+    threads: int = 32
     backlog: int = 256  # connections the kernel queues before the server accepts them
     timeout: float = 30.0  # seconds a connection may sit idle mid-request
     shutdown_timeout: float = 30.0  # seconds to finish requests in flight on SIGTERM
@@ -39,7 +39,23 @@ class Settings:
         return cls(**values)
 
 
+def parse_size(text: str) -> int:
+    """Bytes from ``2000``, ``512K``, ``512M``, ``64G``, ``1T`` (binary units; ``KiB``, ``MB`` also read)."""
+    units = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": GiB * KiB}
+    number = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = number[-1:] if number[-1:] in units else ""
+    number = number[: len(number) - len(unit)]
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(f"not a size: {text!r} (e.g. 2000, 512M, 64G)")
+    return int(number) * units[unit]
+
+
 def _convert(name: str, raw: str, kind: type):
+    if name.endswith("_size"):
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise SystemExit(f"wogit: WOGIT_{name.upper()}: {exc}") from None
     if kind is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

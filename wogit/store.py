@@ -194,10 +194,10 @@ class Store:
         return Metadata(items, str(commit.tree.id))
 
     def get_metadata_value(self, repository: str, map: str, key: str) -> str:
-        value = self.get_metadata(repository, map).items.get(key) if names.is_key(key) else None
-        if value is None:
+        commit = self._metadata_head(repository, map) if names.is_key(key) else None
+        if commit is None or key not in commit.tree:
             raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
-        return value
+        return self.repo[commit.tree[key].id].data.decode("utf-8")
 
     def set_metadata(self, repository: str, map: str, items: dict[str, str]) -> list[str]:
         """Merge ``items`` into the map's metadata; return the keys whose value changed."""
@@ -315,7 +315,8 @@ class Store:
         return self._retrying(attempt)
 
     def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "--git-dir", self.path, *args], check=check, capture_output=True, text=True)
+        return subprocess.run(["git", "--git-dir", self.path, *args], check=check, capture_output=True,
+                              text=True, env=objects.GIT_ENV)
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_seconds

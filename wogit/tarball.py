@@ -19,6 +19,7 @@ from wogit.objects import compression_level
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
+PIECE = 1 << 20  # what zlib is fed at a time
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
@@ -63,18 +64,38 @@ def tar(members: Iterable[Member], mtime: int) -> Iterator[bytes]:
 
 
 def gzip(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
-    """Deflate ``chunks`` into a gzip member with a fixed header."""
+    """Deflate ``chunks`` into a gzip member with a fixed header.
+
+    zlib's output depends on how its input is cut (stored blocks end where an
+    input ends), so the input is re-cut into fixed pieces first: the bytes then
+    depend only on the content, not on whether the map was read loose or packed.
+    """
     yield _GZIP_HEADER
     deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     crc = 0
     size = 0
-    for chunk in chunks:
+    for chunk in rechunk(chunks, PIECE):
         crc = zlib.crc32(chunk, crc)
         size += len(chunk)
         out = deflate.compress(chunk)
         if out:
             yield out
     yield deflate.flush() + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes in pieces of exactly ``size`` (the last one shorter)."""
+    pending = bytearray()
+    for chunk in chunks:
+        if not pending and len(chunk) == size:
+            yield chunk
+            continue
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
 
 
 def tar_gz(members: list[Member], mtime: int, sample: bytes) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ def install(app, store, settings) -> None:
         names.check_map_name(repository, map)
         store.require_map(repository, map)  # 404 before reading a body for a map that does not exist
         # An empty body is the metadata file of a map without metadata: accepted, changes nothing.
-        body = Body(bottle.request.environ, settings.max_small_body, "metadata body", empty_ok=True)
+        body = Body(bottle.request.environ, settings.max_body_size, "metadata body", empty_ok=True)
         parsed = metadata.parse(body.text())
         store.set_metadata(repository, map, parsed.items)
         return json_response(200, {"set": sorted(parsed.items), "ignored": parsed.ignored})

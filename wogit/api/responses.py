@@ -33,7 +33,18 @@ def _body_pending(environ: dict) -> bool:
         return False
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return True
-    return environ.get("CONTENT_LENGTH", "0") not in ("", "0")
+    if "CONTENT_LENGTH" not in environ:
+        # No framing at all: whatever the client sends next is not a request to trust.
+        return environ.get("REQUEST_METHOD") in ("PUT", "POST", "PATCH")
+    return environ["CONTENT_LENGTH"] not in ("", "0")
+
+
+def header(name: str) -> str | None:
+    """A request header as text; 400 if it is not UTF-8 (Bottle would raise)."""
+    try:
+        return bottle.request.get_header(name)
+    except UnicodeError:
+        raise errors.BAD_REQUEST(f"the {name} header is not valid UTF-8") from None
 
 
 def guard(callback):
@@ -51,6 +62,17 @@ def guard(callback):
 
 class App(bottle.Bottle):
     """A Bottle app whose own errors (no route, wrong method, bad path) are JSON too."""
+
+    def __call__(self, environ, start_response):
+        # Bottle drops bytes of the path that are not UTF-8 ('/v%ff1' would be '/v1').
+        try:
+            environ["PATH_INFO"].encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            body = json.dumps({"msg": "the path is not valid UTF-8"}).encode() + b"\n"
+            start_response("400 Bad Request", [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body))), ("Connection", "close")])
+            return [body]
+        return super().__call__(environ, start_response)
 
     def default_error_handler(self, res: bottle.HTTPError) -> str:
         request = bottle.request

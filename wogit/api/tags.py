@@ -7,14 +7,14 @@ import bottle
 
 from wogit import errors, names
 from wogit.api.body import Body
-from wogit.api.responses import json_response
+from wogit.api.responses import header, json_response
 
 
 def install(app, store, settings) -> None:
     @app.put("/<repository>/<map>/<tag_id>")
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
-        fields = _tag_fields(Body(bottle.request.environ, settings.max_small_body, "tag body").text())
+        fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
         tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"])
         return json_response(201, _describe(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
 
@@ -27,7 +27,7 @@ def install(app, store, settings) -> None:
             "Last-Modified": _http_date(archive.tag.created),
             "Cache-Control": "no-cache",
         }
-        if _matches(bottle.request.get_header("If-None-Match"), archive.etag):
+        if _matches(header("If-None-Match"), archive.etag):
             return bottle.HTTPResponse(b"", 304, headers)
         headers.update({
             "Content-Type": "application/gzip",
@@ -44,8 +44,8 @@ def install(app, store, settings) -> None:
 def _tag_fields(text: str) -> dict[str, str]:
     try:
         fields = json.loads(text)
-    except ValueError as exc:
-        raise errors.BODY_INVALID(f"the tag body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise errors.BODY_INVALID(f"the tag body is not JSON: {str(exc) or 'nested too deeply'}") from None
     if not isinstance(fields, dict):
         raise errors.BODY_INVALID('the tag body must be a JSON object {"map_digest": ..., "config_digest": ...}')
     for field in ("map_digest", "config_digest"):

@@ -4,6 +4,7 @@ import bottle
 
 from wogit import errors, names
 from wogit.api.body import Body
+from wogit.api import responses
 from wogit.api.responses import json_response
 
 HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
@@ -12,7 +13,7 @@ HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
 def install(app, store, settings) -> None:
     def upload(kind: str, limit: int):
         header = HEADERS[kind]
-        announced = bottle.request.get_header(header)
+        announced = responses.header(header)
         body = Body(bottle.request.environ, limit, kind)
         result = store.put(kind, body, body.length, announced)
         headers = {header: result.digest}

@@ -1,0 +1,139 @@
+"""Hostile and broken clients: framing tricks, huge declared bodies, idle connections, bad bytes."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import git, json_body_of, raw_request, refs, status_of
+
+
+def responses_in(raw: bytes) -> list[int]:
+    """The statuses of every response in what the server sent (bodies end in a newline)."""
+    return [int(m.group(1)) for m in re.finditer(rb"(?:^|\n)HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def test_unread_chunked_body_of_a_success_is_never_run_as_a_request(server, unique):
+    server.push(f"{unique}/m/v1")
+    smuggled = (f"PUT /{unique}/m/metadata HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n"
+                "Connection: close\r\n\r\nsmuggled=yes\n").encode()
+    raw = raw_request(server.url, b"GET /v1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + smuggled)
+    assert responses_in(raw) == [200]
+    assert b"Connection: close" in raw
+    assert requests.get(f"{server.url}/{unique}/m/metadata/smuggled").status_code == 404
+
+
+def test_declared_body_of_a_success_is_not_drained(server):
+    """A 2xx for a request whose body was not read closes at once instead of reading (and holding) it."""
+    started = time.monotonic()
+    raw = raw_request(server.url, b"GET /v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1099511627776\r\n\r\n", 5)
+    assert responses_in(raw) == [200]
+    assert b"Connection: close" in raw
+    assert time.monotonic() - started < 4
+
+
+def test_fully_read_chunked_body_with_trailers_keeps_the_connection(server, unique):
+    server.push(f"{unique}/m/v1")
+    raw = raw_request(server.url, (
+        f"PUT /{unique}/m/metadata HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nt=1\r\n0\r\nFoo: bar\r\n\r\n"
+        "GET /v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").encode())
+    assert responses_in(raw) == [200, 200]
+
+
+@pytest.mark.parametrize("size", [b"0x3", b"+3", b"0_3", b" 3", b"-1", b"33333333333333333"])
+def test_malformed_chunk_sizes_are_refused(server, size):
+    raw = raw_request(server.url, b"PUT /configs/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      + size + b"\r\na=1\r\n0\r\n\r\n")
+    assert status_of(raw) == 400
+    assert b"Connection: close" in raw
+    assert "msg" in json_body_of(raw)
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: 5\r\nContent-Length: 3\r\n",
+    b"Content-Length : 5\r\n",
+    b"Content-Length: 5\r\n folded\r\n",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    b"Bad Name: x\r\nContent-Length: 5\r\n",
+])
+def test_ambiguous_headers_are_refused(server, headers):
+    raw = raw_request(server.url, b"PUT /configs/upload HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\nhello")
+    assert status_of(raw) == 400
+    assert responses_in(raw) == [400]
+    assert "msg" in json_body_of(raw)
+
+
+def test_one_huge_chunk_is_refused_at_the_limit_without_holding_it(fresh_server):
+    srv = fresh_server(None, "--max-map-size", "1M")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (200 << 20))
+        sent = 0
+        try:
+            while sent < 8 << 20:
+                sock.sendall(b"\0" * (1 << 20))
+                sent += 1 << 20
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = sock.recv(65536)
+    assert status_of(answer) == 413
+    assert refs(srv.data) == {}
+    rss_kib = int(next(line.split()[1] for line in open(f"/proc/{srv.proc.pid}/status")
+                        if line.startswith("VmHWM:")))
+    assert rss_kib < 150 * 1024
+
+
+def test_idle_connections_do_not_hold_the_workers(fresh_server):
+    srv = fresh_server(None, "--threads", "4")
+    idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        assert requests.get(srv.url + "/v1", timeout=5).status_code == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_deeply_nested_tag_json_is_400(server, unique):
+    reply = requests.put(f"{server.url}/{unique}/m/v1", data="[" * 100_000 + "]" * 100_000)
+    assert reply.status_code == 400
+    assert reply.json()["msg"].startswith("the tag body is not JSON")
+
+
+@pytest.mark.parametrize("path, header", [("/blobs/upload", "Wo-Map-Digest"), ("/configs/upload", "Wo-Config-Digest")])
+def test_header_that_is_not_utf8_is_400(server, path, header):
+    raw = raw_request(server.url, b"PUT %s HTTP/1.1\r\nHost: x\r\n%s: sha256:\xff\xfe\r\nContent-Length: 3\r\n\r\nabc"
+                      % (path.encode(), header.encode()))
+    assert status_of(raw) == 400
+    assert json_body_of(raw) == {"msg": f"the {header} header is not valid UTF-8"}
+
+
+@pytest.mark.parametrize("path", ["/{r}/m/v%ff2", "/o%c0sm/m/v1", "/{r}/m/metad%ffata", "/{r}/m/metadata/k%ffey"])
+def test_path_that_is_not_utf8_is_400_and_creates_nothing(fresh_server, path):
+    srv = fresh_server()
+    m, c = srv.push("osm/m/v1")
+    before = refs(srv.data)
+    for method in ("PUT", "GET", "DELETE"):
+        reply = requests.request(method, srv.url + path.format(r="osm"), json={"map_digest": m, "config_digest": c})
+        assert (reply.status_code, reply.json()) == (400, {"msg": "the path is not valid UTF-8"})
+    assert refs(srv.data) == before
+
+
+def test_incompressible_map_tarball_is_identical_loose_packed_and_mirrored(fresh_server, tmp_path):
+    """Level-0 deflate framing must not depend on how the map's bytes were read."""
+    srv = fresh_server()
+    srv.push("r/m/v1", map_data=os.urandom(3 << 20) + b"tail")
+    loose = requests.get(srv.url + "/r/m/v1").content
+    git(srv.data, "gc", "--quiet")
+    assert not any((srv.data / "objects").glob("??/*"))  # everything is packed now
+    packed = requests.get(srv.url + "/r/m/v1").content
+    mirror = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "--quiet", "--mirror", f"file://{srv.data}", str(mirror)], check=True)
+    mirrored = requests.get(fresh_server(mirror).url + "/r/m/v1").content
+    assert loose == packed == mirrored

@@ -1,0 +1,92 @@
+"""Strict HTTP/1.1 request framing for cheroot: headers and chunked bodies.
+
+cheroot is lenient where leniency lets one request hide inside another: it keeps
+the last of two Content-Length headers, accepts whitespace before a colon and
+folded lines, parses chunk sizes with ``int(x, 16)`` (``0x5``, ``+5``, `` 5 ``),
+never reads chunk trailers, and holds each chunk whole in memory.  These readers
+refuse all of that (cheroot answers their ``ValueError`` with 400) and stream.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cheroot import server as cheroot_server
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_SINGLE = {b"Content-Length", b"Transfer-Encoding", b"Host", b"Expect"}
+MAX_LINE = 8192
+MAX_TRAILERS = 64
+
+
+class StrictHeaderReader(cheroot_server.HeaderReader):
+    """Reads request headers; refuses folding, odd names and repeated framing headers."""
+
+    def __call__(self, rfile, hdict=None):
+        hdict = {} if hdict is None else hdict
+        while True:
+            line = rfile.readline()
+            if not line:
+                raise ValueError("the headers ended before a blank line")
+            if line == b"\r\n":
+                return hdict
+            if not line.endswith(b"\r\n"):
+                raise ValueError("header lines must end in CRLF")
+            if line[:1] in (b" ", b"\t"):
+                raise ValueError("folded header lines are not accepted")
+            name, colon, value = line[:-2].partition(b":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid header line {line[:80]!r}")
+            key = self._transform_key(name)
+            value = value.strip(b" \t")
+            if key in hdict:
+                if key in _SINGLE:
+                    raise ValueError(f"the header {key.decode()} is repeated")
+                if key in cheroot_server.comma_separated_headers:
+                    value = hdict[key] + b", " + value
+            hdict[key] = value
+
+
+class ChunkedReader:
+    """``wsgi.input`` for a chunked body: yields chunk data as it arrives, never a chunk whole."""
+
+    def __init__(self, rfile):
+        self.rfile = rfile
+        self.left = 0  # bytes left in the current chunk
+        self.done = False  # the last chunk and the trailers have been read
+
+    def read(self, size: int = -1) -> bytes:
+        if self.done:
+            return b""
+        if self.left == 0:
+            self._next_chunk()
+            if self.done:
+                return b""
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.rfile.read(want)
+        if not data:
+            raise ValueError("the chunked body ended inside a chunk")
+        self.left -= len(data)
+        if self.left == 0 and self.rfile.read(2) != b"\r\n":
+            raise ValueError("a chunk is longer than its size or lacks its CRLF")
+        return data
+
+    def _next_chunk(self) -> None:
+        line = self.rfile.readline(MAX_LINE)
+        if not line.endswith(b"\r\n"):
+            raise ValueError("bad chunk-size line")
+        size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
+        if not _HEX.fullmatch(size):
+            raise ValueError(f"bad chunk size {size[:20]!r}")
+        self.left = int(size, 16)
+        if self.left:
+            return
+        for _ in range(MAX_TRAILERS):
+            line = self.rfile.readline(MAX_LINE)
+            if line == b"\r\n":
+                self.done = True
+                return
+            if not line.endswith(b"\r\n"):
+                raise ValueError("bad trailer line")
+        raise ValueError("too many trailer lines")
