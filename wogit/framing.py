@@ -57,20 +57,23 @@ class ChunkedReader:
         self.done = False  # the last chunk and the trailers have been read
 
     def read(self, size: int = -1) -> bytes:
-        if self.done:
-            return b""
-        if self.left == 0:
-            self._next_chunk()
-            if self.done:
-                return b""
-        want = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.rfile.read(want)
-        if not data:
-            raise ValueError("the chunked body ended inside a chunk")
-        self.left -= len(data)
-        if self.left == 0 and self.rfile.read(2) != b"\r\n":
-            raise ValueError("a chunk is longer than its size or lacks its CRLF")
-        return data
+        """Up to ``size`` bytes (across chunks: clients often send small ones), b"" at the end."""
+        if size is None or size < 0:
+            size = 1 << 20
+        parts = []
+        while size > 0 and not self.done:
+            if self.left == 0:
+                self._next_chunk()
+                continue
+            data = self.rfile.read(min(size, self.left))
+            if not data:
+                raise ValueError("the chunked body ended inside a chunk")
+            parts.append(data)
+            size -= len(data)
+            self.left -= len(data)
+            if self.left == 0 and self.rfile.read(2) != b"\r\n":
+                raise ValueError("a chunk is longer than its size or lacks its CRLF")
+        return b"".join(parts)
 
     def _next_chunk(self) -> None:
         line = self.rfile.readline(MAX_LINE)
