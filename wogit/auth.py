@@ -123,10 +123,20 @@ class Users:
         with self._lock:
             self._refresh(force=True)
 
+    def cached(self, name: str, password: str) -> bool:
+        """True if these credentials were verified before and are still current (no bcrypt)."""
+        with self._lock:
+            self._refresh()
+            stored, usable = self._users.get(name, (b"", False))
+            return usable and (name, stored, self._digest(password)) in self._verified
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
     def check(self, name: str, password: str) -> bool:
         """True if ``password`` is ``name``'s; one bcrypt check unless cached, known user or not."""
         secret = _secret(password)
-        digest = hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        digest = self._digest(password)
         with self._lock:
             self._refresh()
             stored, usable = self._users.get(name, (b"", False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from wogit import __version__
 from wogit.settings import Settings, parse_size
@@ -16,11 +17,14 @@ def _size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from wogit import users_cli
+
     top = argparse.ArgumentParser(prog="wogit", description="A registry for maps, stored in git.")
     top.add_argument("--version", action="version", version=f"wogit {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the registry (HTTP API)")
     defaults = Settings()
+    serve.add_argument("--config", help="a TOML config file ([server], [auth], [access]); flags override it")
     serve.add_argument("--data", help=f"the bare git repository holding the registry, created if missing "
                                       f"(WOGIT_DATA; default {defaults.data})")
     serve.add_argument("--host", help=f"address to listen on (WOGIT_HOST; default {defaults.host})")
@@ -29,16 +33,39 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-config-size", type=_size,
                        help="largest config accepted (WOGIT_MAX_CONFIG_SIZE; default 16M)")
     serve.add_argument("--threads", type=int, help=f"worker threads (WOGIT_THREADS; default {defaults.threads})")
+    serve.add_argument("--auth-file", help="htpasswd file of users: logins required (WOGIT_AUTH_FILE)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (WOGIT_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (WOGIT_TLS_KEY)")
+    users_cli.add_parser(commands)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
-        from wogit.server import serve
+        return _serve(args)
+    if args.command == "user":
+        from wogit import users_cli
 
-        settings = Settings.from_env(
-            data=args.data, host=args.host, port=args.port, max_map_size=args.max_map_size,
-            max_config_size=args.max_config_size, threads=args.threads)
-        return serve(settings)
+        return users_cli.run(args)
     return 2
+
+
+def _serve(args) -> int:
+    from wogit import config
+    from wogit.server import serve
+
+    file, policy = {}, None
+    if args.config:
+        try:
+            loaded = config.load(args.config)
+        except config.ConfigError as exc:
+            raise SystemExit(f"wogit: {exc}") from None
+        file, policy = dict(loaded.server), loaded.policy
+        if loaded.htpasswd:
+            file["auth_file"] = loaded.htpasswd
+    flags = {name: getattr(args, name) for name in (
+        "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key")}
+    flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
+             for name, value in flags.items()}
+    return serve(Settings.from_env(file=file, **flags), policy)

@@ -56,10 +56,13 @@ BLOB_UNKNOWN = _declare("BLOB_UNKNOWN", 404, "a tag names a digest that is malfo
 TAG_UNKNOWN = _declare("TAG_UNKNOWN", 404, "the tag does not exist")
 MAP_UNKNOWN = _declare("MAP_UNKNOWN", 404, "the repository or map does not exist (a map exists once it has a tag)")
 KEY_UNKNOWN = _declare("KEY_UNKNOWN", 404, "the map has no metadata with that key")
+UNAUTHORIZED = _declare("UNAUTHORIZED", 401, "no valid credentials were given and they are needed (see WWW-Authenticate)")
+FORBIDDEN = _declare("FORBIDDEN", 403, "the user's permissions do not allow this")
 METHOD_NOT_ALLOWED = _declare("METHOD_NOT_ALLOWED", 405, "the method is not allowed on this path (see Allow)")
 EXISTS = _declare("EXISTS", 409, "the map, config or tag already exists")
 LENGTH_REQUIRED = _declare("LENGTH_REQUIRED", 411, "the request has a body but neither Content-Length nor chunked encoding")
 TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this registry accepts")
+TOO_MANY_ATTEMPTS = _declare("TOO_MANY_ATTEMPTS", 429, "too many failed logins from this address; wait Retry-After seconds")
 UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
 INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
 

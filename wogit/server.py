@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -13,14 +14,19 @@ import time
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from wogit import __version__
+from wogit.access import Policy
 from wogit.api import create_app
+from wogit.api.gate import USER, Gate
+from wogit.auth import Throttle, Users
 from wogit.framing import ChunkedReader, StrictHeaderReader
 from wogit.settings import Settings
 from wogit.store import Store
 
 log = logging.getLogger("wogit")
+access = logging.getLogger("wogit.access")
 
 
 class _Request(cheroot_server.HTTPRequest):
@@ -122,26 +128,66 @@ class _Server(wsgi.Server):
         super().process_conn(conn)
 
 
-def build_server(settings: Settings, store: Store | None = None) -> wsgi.Server:
+def access_log(app):
+    """WSGI middleware: one line per request, naming the user; never credentials."""
+    def logged(environ, start_response):
+        def start(status, headers, exc_info=None):
+            access.info("%s %s %s %s %s", environ.get("REMOTE_ADDR", "-"), environ.get(USER, "-"),
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+        return app(environ, start)
+    return logged
+
+
+def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
+    """The gate from the config file's policy and the user file (flag, environment or file)."""
+    if not settings.auth_file:
+        if policy is not None and policy.requires_auth:
+            raise SystemExit("wogit: the config grants access but names no user file ([auth] htpasswd)")
+        return Gate.open()
+    if policy is None or not policy.requires_auth:
+        policy = Policy.authenticated()
+    if not os.path.isfile(settings.auth_file):
+        raise SystemExit(f"wogit: the user file {settings.auth_file} does not exist (wogit user add NAME creates it)")
+    users = Users(settings.auth_file)
+    for problem in users.problems:
+        log.warning("%s: %s", settings.auth_file, problem)
+    try:
+        throttle = Throttle(settings.max_login_failures, settings.login_failure_window)
+    except ValueError as exc:
+        raise SystemExit(f"wogit: {exc}") from None
+    return Gate(policy, users, throttle)
+
+
+def build_server(settings: Settings, store: Store | None = None, gate: Gate | None = None) -> wsgi.Server:
     store = store or Store(settings.data, fsync=settings.fsync)
     server = _Server(
-        (settings.host, settings.port), create_app(settings, store),
+        (settings.host, settings.port), access_log(create_app(settings, store, gate or build_gate(settings))),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",
         timeout=settings.timeout, shutdown_timeout=settings.shutdown_timeout,
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
     server.ConnectionClass = _Connection
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise SystemExit("wogit: HTTPS needs both --tls-cert and --tls-key")
+        server.ssl_adapter = BuiltinSSLAdapter(settings.tls_cert, settings.tls_key)
     return server
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, policy: Policy | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = build_server(settings)
+    gate = build_gate(settings, policy)
+    server = build_server(settings, gate=gate)
     server.prepare()
     host, port = server.bind_addr[:2]
-    print(f"wogit {__version__}: serving {settings.data} on http://{host}:{port}", flush=True)
+    scheme = "https" if server.ssl_adapter else "http"
+    print(f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}", flush=True)
+    if not gate.policy.requires_auth:
+        log.warning("no user file: the registry is OPEN, anyone who can connect may read and write "
+                    "(wogit serve --auth-file FILE or --config FILE to require logins)")
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

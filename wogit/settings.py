@@ -1,6 +1,6 @@
 """Every setting of the server and its default, in one place.
 
-Precedence: command-line flag > environment variable (WOGIT_*) > default.
+Precedence: command-line flag > environment variable (WOGIT_*) > config file ([server]) > default.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ class Settings:
     shutdown_timeout: float = 30.0  # seconds to finish requests in flight on SIGTERM
     max_header_size: int = 64 * KiB
     fsync: bool = True
+    auth_file: str = ""  # an htpasswd file of users; empty: no authentication
+    tls_cert: str = ""  # PEM certificate (chain) and key: serve HTTPS
+    tls_key: str = ""
+    max_login_failures: int = 10  # failed logins from one address within the window before 429
+    login_failure_window: float = 60.0
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
-        """Defaults, then ``WOGIT_<NAME>`` variables, then non-None ``overrides``."""
+    def from_env(cls, environ: dict[str, str] | None = None, file: dict | None = None, **overrides) -> Settings:
+        """Defaults, then the config file's ``file`` values, then ``WOGIT_<NAME>`` variables,
+        then non-None ``overrides`` (the command line)."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values = dict(file or {})
         for field in fields(cls):
             raw = environ.get("WOGIT_" + field.name.upper())
             if raw is not None:

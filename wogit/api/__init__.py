@@ -8,13 +8,16 @@ answer; storage does the rest.  Each resource's routes live in their own module.
 from __future__ import annotations
 
 from wogit.api import metadata, responses, tags, uploads, version
+from wogit.api.gate import Gate
 from wogit.settings import Settings
 from wogit.store import Store
 
 
-def create_app(settings: Settings, store: Store) -> responses.App:
+def create_app(settings: Settings, store: Store, gate: Gate | None = None) -> responses.App:
     app = responses.App(catchall=True, autojson=False)
-    app.install(responses.guard)
+    app.gate = gate or Gate.open()
+    app.install(responses.guard)  # outermost: whatever fails below becomes JSON
+    app.install(app.gate)  # routes declare need=Level..., the gate checks it
     # Order matters: /<repository>/<map>/metadata is matched before a tag route would be.
     for module in (version, uploads, metadata, tags):
         module.install(app, store, settings)

@@ -6,19 +6,20 @@ import time
 import bottle
 
 from wogit import errors, names
+from wogit.access import Level
 from wogit.api.body import Body
 from wogit.api.responses import header, json_response
 
 
 def install(app, store, settings) -> None:
-    @app.put("/<repository>/<map>/<tag_id>")
+    @app.put("/<repository>/<map>/<tag_id>", need=Level.WRITE)
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
         tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"])
         return json_response(201, _describe(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
 
-    @app.get("/<repository>/<map>/<tag_id>")
+    @app.get("/<repository>/<map>/<tag_id>", need=Level.READ)
     def get_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         archive = store.archive(repository, map, tag_id)

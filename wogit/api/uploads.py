@@ -4,7 +4,9 @@ import bottle
 
 from wogit import errors, names
 from wogit.api.body import Body
+from wogit.access import Level
 from wogit.api import responses
+from wogit.api.gate import ANY
 from wogit.api.responses import json_response
 
 HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
@@ -21,10 +23,10 @@ def install(app, store, settings) -> None:
             raise errors.EXISTS(f"{kind} {result.digest} was already uploaded", headers)
         return json_response(201, {"digest": result.digest}, headers)
 
-    @app.put("/blobs/upload")
+    @app.put("/blobs/upload", need=Level.WRITE, scope=ANY)
     def put_map():
         return upload(names.MAP, settings.max_map_size)
 
-    @app.put("/configs/upload")
+    @app.put("/configs/upload", need=Level.WRITE, scope=ANY)
     def put_config():
         return upload(names.CONFIG, settings.max_config_size)
