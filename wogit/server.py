@@ -172,7 +172,11 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
             raise SystemExit("wogit: HTTPS needs both --tls-cert and --tls-key")
-        server.ssl_adapter = BuiltinSSLAdapter(settings.tls_cert, settings.tls_key)
+        try:
+            server.ssl_adapter = BuiltinSSLAdapter(settings.tls_cert, settings.tls_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise SystemExit(f"wogit: cannot use --tls-cert {settings.tls_cert} and --tls-key "
+                             f"{settings.tls_key}: {exc.strerror or exc}") from None
     return server
 
 
