@@ -30,7 +30,7 @@ class Gate:
             raise ValueError("a policy that requires authentication needs users")
         self.policy = policy
         self.users = users
-        self.throttle = throttle or Throttle()
+        self.throttle = Throttle() if throttle is None else throttle
 
     @classmethod
     def open(cls) -> Gate:
