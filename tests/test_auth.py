@@ -1,7 +1,7 @@
 """Unit tests of wogit.auth and wogit.users_cli: real htpasswd files, real bcrypt, real `htpasswd -B`.
 
 No server: these call the functions directly.  Files are made by Apache's own
-`htpasswd` (apache2-utils) wherever compatibility is the point; bcrypt cost 4
+`htpasswd` (apache2-utils) where it is installed, else by tests/htpasswd_tool.py's stand-in; bcrypt cost 4
 keeps them fast except where timing is measured.
 """
 
@@ -11,28 +11,16 @@ import argparse
 import base64
 import io
 import os
-import statistics
 import stat
-import subprocess
+import statistics
 import sys
 import threading
 import time
 
 import pytest
+from htpasswd_tool import REAL, htpasswd, htpasswd_verifies, needs_real_htpasswd
 
 from wogit import auth, users_cli
-
-HTPASSWD = "/usr/bin/htpasswd"
-needs_htpasswd = pytest.mark.skipif(not os.path.exists(HTPASSWD),
-                                    reason="/usr/bin/htpasswd missing (install apache2-utils)")
-
-
-def htpasswd(*args: str) -> None:
-    subprocess.run([HTPASSWD, *args], check=True, capture_output=True)
-
-
-def htpasswd_verifies(path, name: str, password: str) -> bool:
-    return subprocess.run([HTPASSWD, "-v", "-b", str(path), name, password], capture_output=True).returncode == 0
 
 
 def basic(raw: bytes) -> str:
@@ -97,7 +85,7 @@ def test_parse_basic_malformed_raises_value_error_without_credentials(header):
 
 # -- Users: files made by htpasswd ----------------------------------------------------
 
-@needs_htpasswd
+@needs_real_htpasswd
 def test_a_file_made_by_htpasswd_verifies(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "pa:ss wörd")
@@ -115,7 +103,6 @@ def test_a_file_made_by_htpasswd_verifies(tmp_path):
     assert users.problems == []
 
 
-@needs_htpasswd
 def test_an_unknown_user_costs_one_bcrypt_check_like_a_known_one(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "10", str(path), "alice", "right")
@@ -139,7 +126,6 @@ def test_an_unknown_user_costs_one_bcrypt_check_like_a_known_one(tmp_path):
     assert known / 3 < unknown < known * 3, (known, unknown)
 
 
-@needs_htpasswd
 def test_verified_credentials_are_cached_and_failures_are_not(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "right")
@@ -156,7 +142,6 @@ def test_verified_credentials_are_cached_and_failures_are_not(tmp_path):
     assert users.verifications == 4
 
 
-@needs_htpasswd
 def test_htpasswd_changing_a_password_in_place_is_seen_within_two_seconds(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "old-password")
@@ -188,7 +173,6 @@ def test_a_change_within_the_same_timestamp_is_seen(tmp_path):
     assert not users.check("alice", "first")
 
 
-@needs_htpasswd
 def test_removing_a_user_takes_effect_even_when_cached(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "a")
@@ -224,7 +208,6 @@ def test_a_missing_file_loads_as_no_users(tmp_path):
     assert not users.check("alice", "a")
 
 
-@needs_htpasswd
 def test_passwords_over_72_bytes_do_not_raise_and_match_htpasswd(tmp_path):
     path = tmp_path / "users"
     long_ascii, long_utf8 = "x" * 100, "é" * 50  # 100 bytes each
@@ -242,7 +225,6 @@ def test_passwords_over_72_bytes_do_not_raise_and_match_htpasswd(tmp_path):
     assert htpasswd_verifies(path, "dave", "z" * 200)  # htpasswd refuses passwords over 255 bytes
 
 
-@needs_htpasswd
 def test_other_hash_kinds_load_but_never_match_and_are_reported_without_the_hash(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "secret")
@@ -383,7 +365,6 @@ def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-@needs_htpasswd
 def test_add_remove_list_round_trip(tmp_path):
     path = str(tmp_path / "users")
     assert auth.list_users(path) == []
@@ -408,7 +389,6 @@ def test_add_remove_list_round_trip(tmp_path):
     assert auth.Users(path).check("jürgen@example.com", "p")
 
 
-@needs_htpasswd
 def test_editing_a_file_made_by_htpasswd_keeps_lines_and_comments(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "a")
@@ -561,7 +541,6 @@ def test_cli_prompts_twice_and_refuses_a_mismatch(tmp_path, monkeypatch):
     assert auth.Users(path).check("alice", "s3cret")
 
 
-@needs_htpasswd
 def test_cli_never_prints_a_hash_or_a_password(tmp_path):
     path = tmp_path / "users"
     htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "alice-secret")
@@ -574,3 +553,30 @@ def test_cli_never_prints_a_hash_or_a_password(tmp_path):
     assert "legacy" in err and "non-bcrypt" in err  # the operator hears why legacy cannot log in
     printed = "".join(out + err for _, out, err in outputs)
     assert "secret" not in printed and "$2" not in printed and "$apr1$" not in printed
+
+
+# -- the tests' htpasswd stand-in agrees with Apache's htpasswd ----------------------------------
+
+@needs_real_htpasswd
+def test_the_stand_in_writes_what_htpasswd_reads(tmp_path, monkeypatch):
+    import htpasswd_tool
+    path = tmp_path / "users"
+    monkeypatch.setattr(htpasswd_tool, "REAL", None)
+    htpasswd("-c", "-B", "-b", "-C", "4", str(path), "alice", "pa:ss wörd")
+    htpasswd("-m", "-b", str(path), "md5", "m-secret")
+    htpasswd("-s", "-b", str(path), "sha", "s-secret")
+    htpasswd("-p", "-b", str(path), "plain", "p-secret")
+    inode = path.stat().st_ino
+    htpasswd("-B", "-b", "-C", "4", str(path), "alice", "new wörd")
+    htpasswd("-D", str(path), "plain")
+    assert path.stat().st_ino == inode
+    assert [line.split(":")[0] for line in path.read_text().splitlines()] == ["alice", "md5", "sha"]
+    monkeypatch.setattr(htpasswd_tool, "REAL", REAL)
+    for name, password in (("alice", "new wörd"), ("md5", "m-secret"), ("sha", "s-secret")):
+        assert htpasswd_verifies(path, name, password) and not htpasswd_verifies(path, name, "wrong")
+    assert htpasswd_tool.apr1(b"password", "saltsalt") == "$apr1$saltsalt$yAAkm4libquA.ZWLHbSBq/"  # openssl passwd -apr1
+    htpasswd("-c", "-m", "-b", str(path), "x", "y")  # the real one, checked by the stand-in
+    htpasswd("-B", "-b", "-C", "4", str(path), "z", "pa:ss wörd")
+    monkeypatch.setattr(htpasswd_tool, "REAL", None)
+    assert htpasswd_verifies(path, "x", "y") and not htpasswd_verifies(path, "x", "n")
+    assert htpasswd_verifies(path, "z", "pa:ss wörd") and not htpasswd_verifies(path, "z", "pa:ss word")
