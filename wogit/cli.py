@@ -36,6 +36,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-file", help="htpasswd file of users: logins required (WOGIT_AUTH_FILE)")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (WOGIT_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert (WOGIT_TLS_KEY)")
+    serve.add_argument("--hook-timeout", type=float,
+                       help=f"seconds a wo-validate-* hook may run (WOGIT_HOOK_TIMEOUT; default {defaults.hook_timeout:g})")
+    init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
+                                            "existing one (idempotent)")
+    init.add_argument("--data", help=f"the bare git repository (WOGIT_DATA; default {defaults.data})")
+    hook = commands.add_parser("hook", help="run a git hook of the registry (git calls this; see docs/git.md)")
+    hook.add_argument("name", choices=["pre-receive"])
     users_cli.add_parser(commands)
     return top
 
@@ -44,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "init":
+        return _init(args)
+    if args.command == "hook":
+        import sys
+
+        from wogit import serverhooks
+
+        return serverhooks.pre_receive(os.environ.get("GIT_DIR", "."), sys.stdin.buffer.read())
     if args.command == "user":
         from wogit import users_cli
 
@@ -65,7 +80,20 @@ def _serve(args) -> int:
         if loaded.htpasswd:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
-        "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key")}
+        "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
+        "hook_timeout")}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}
     return serve(Settings.from_env(file=file, **flags), policy)
+
+
+def _init(args) -> int:
+    from wogit import serverhooks, store
+
+    data = os.path.abspath(Settings.from_env(data=args.data).data)
+    created = not os.path.isfile(os.path.join(data, "HEAD"))
+    store.init(data)
+    for line in serverhooks.install(data):
+        print(line)
+    print(f"{'created' if created else 'checked'} the registry repository {data}; its hooks are installed")
+    return 0

@@ -62,8 +62,10 @@ METHOD_NOT_ALLOWED = _declare("METHOD_NOT_ALLOWED", 405, "the method is not allo
 EXISTS = _declare("EXISTS", 409, "the map, config or tag already exists")
 LENGTH_REQUIRED = _declare("LENGTH_REQUIRED", 411, "the request has a body but neither Content-Length nor chunked encoding")
 TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this registry accepts")
+HOOK_REJECTED = _declare("HOOK_REJECTED", 422, "an operator's validation hook (wo-validate-map, -config, -tag) refused the content; msg is its stderr")
 TOO_MANY_ATTEMPTS = _declare("TOO_MANY_ATTEMPTS", 429, "too many failed logins from this address; wait Retry-After seconds")
 UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
+RULE_BROKEN = _declare("RULE_BROKEN", 500, "a write would have broken the registry's layout rules (a bug); nothing changed")
 INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
 
 

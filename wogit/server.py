@@ -16,7 +16,7 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from wogit import __version__
+from wogit import __version__, serverhooks
 from wogit.access import Policy
 from wogit.api import create_app
 from wogit.api.gate import USER, Gate
@@ -160,7 +160,8 @@ def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
 
 
 def build_server(settings: Settings, store: Store | None = None, gate: Gate | None = None) -> wsgi.Server:
-    store = store or Store(settings.data, fsync=settings.fsync)
+    store = store or Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
+    serverhooks.install(store.path, settings.hook_timeout)  # refreshed at every start: idempotent
     server = _Server(
         (settings.host, settings.port), access_log(create_app(settings, store, gate or build_gate(settings))),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",

@@ -30,6 +30,7 @@ class Settings:
     tls_key: str = ""
     max_login_failures: int = 10  # failed logins from one address within the window before 429
     login_failure_window: float = 60.0
+    hook_timeout: float = 60.0  # seconds an operator's wo-validate-* hook may run before it is killed
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, file: dict | None = None, **overrides) -> Settings:

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 import pygit2
 
-from wogit import errors, metadata, names, objects, tarball
+from wogit import errors, metadata, names, objects, rules, serverhooks, tarball
 
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
@@ -78,10 +79,12 @@ class _Contended(Exception):
 
 
 class Store:
-    def __init__(self, path: str, fsync: bool = True, retry_seconds: float = 30.0):
+    def __init__(self, path: str, fsync: bool = True, retry_seconds: float = 30.0,
+                 hook_timeout: float = serverhooks.DEFAULT_TIMEOUT):
         self.path = os.path.abspath(path)
         self.fsync = fsync
         self.retry_seconds = retry_seconds
+        self.hook_timeout = hook_timeout
         self._local = threading.local()
         pygit2.settings.enable_fsync_gitdir(fsync)
         init(self.path)
@@ -98,16 +101,19 @@ class Store:
     # -- maps and configs ----------------------------------------------------
 
     def put(self, kind: str, body: objects.Reader, length: int | None = None,
-            expected: str | None = None) -> Upload:
+            expected: str | None = None, actor: str | None = None) -> Upload:
         """Store one map or config read from ``body`` (``length`` bytes, or to EOF).
 
         ``expected`` is the digest the client announced: a mismatch stores
         nothing; a digest already stored as ``kind`` answers at once, unread.
+        ``actor`` (the user) is passed to the operator's validator, if any.
         """
         expected_hex = names.digest_hex(expected, "announced digest") if expected is not None else None
         if expected_hex and self._blob_oid(kind, expected) is not None:
             return Upload(expected, False)
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
+        if serverhooks.has_validator(self.path, kind):
+            return self._put_validated(kind, reader, length, expected_hex, actor)
         spooled = None
         try:
             if length is None:
@@ -131,6 +137,36 @@ class Store:
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), oid))
 
+    def _put_validated(self, kind: str, reader: objects.Reader, length: int | None,
+                       expected_hex: str | None, actor: str | None) -> Upload:
+        """``put`` through the operator's validator: spool to a file it can read, ask, then store."""
+        fd, path = tempfile.mkstemp(prefix="tmp_validate_", dir=self.objects_dir)
+        try:
+            with os.fdopen(fd, "w+b") as spooled:
+                sha256, size = hashlib.sha256(), 0
+                while chunk := reader.read(objects.CHUNK):
+                    spooled.write(chunk)
+                    sha256.update(chunk)
+                    size += len(chunk)
+                if length is not None and size != length:
+                    raise errors.BODY_INCOMPLETE(f"the {kind} body ended after {size} of {length} bytes")
+                if size == 0:
+                    raise errors.BODY_EMPTY(f"the {kind} is empty")
+                digest = names.digest(sha256.hexdigest())
+                if expected_hex and sha256.hexdigest() != expected_hex:
+                    raise errors.DIGEST_MISMATCH(
+                        f"the {kind} has digest {digest}, not the announced sha256:{expected_hex}")
+                if self._blob_oid(kind, digest) is not None:
+                    return Upload(digest, False)
+                spooled.flush()
+                os.chmod(path, 0o444)
+                serverhooks.validate(self.path, kind, self.hook_timeout, path, WO_DIGEST=digest, WO_USER=actor)
+                spooled.seek(0)
+                oid, _ = objects.write_blob(self.objects_dir, spooled, size, None, self.fsync)
+        finally:
+            os.unlink(path)
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), oid))
+
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
         ref = self.repo.references.get(names.blob_ref(kind, digest))
@@ -151,7 +187,8 @@ class Store:
 
     # -- tags ----------------------------------------------------------------
 
-    def create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str) -> Tag:
+    def create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str,
+                   actor: str | None = None) -> Tag:
         ref = names.tag_ref(repository, map, tag)
         exists = errors.EXISTS(f"tag {repository}/{map}/{tag} already exists; tags are immutable")
         if self.repo.references.get(ref) is not None:
@@ -165,6 +202,10 @@ class Store:
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
         commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(), [])
+        rules.require(rules.Change(ref, rules.ZERO, str(commit)), self._view())
+        serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
+                             WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
+                             WO_USER=actor)
         if not self._create_ref(ref, commit):
             raise exists
         return self.get_tag(repository, map, tag)
@@ -174,7 +215,7 @@ class Store:
         if ref is None:
             raise errors.TAG_UNKNOWN(f"tag {repository}/{map}/{tag} does not exist")
         commit = self.repo[ref.target]
-        fields = dict(line.split(": ", 1) for line in commit.message.splitlines() if ": " in line)
+        fields = rules.tag_digests(commit.message)
         return Tag(repository, map, tag, fields["map_digest"], fields["config_digest"],
                    commit.commit_time, str(commit.id), str(commit.tree["map"].id),
                    str(commit.tree["config"].id))
@@ -260,6 +301,8 @@ class Store:
                 return changed
             commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(),
                                         [parent.id] if parent is not None else [])
+            old = str(parent.id) if parent is not None else rules.ZERO
+            rules.require(rules.Change(name, old, str(commit)), self._view())
             if ref is None:
                 if not self._create_ref(name, commit):
                     raise _Contended(name)
@@ -294,6 +337,13 @@ class Store:
         return Archive(found, etag, chunks)
 
     # -- refs ----------------------------------------------------------------
+
+    def _view(self) -> rules.View:
+        return rules.Pygit2View(self.repo, self._refs_under)
+
+    def _refs_under(self, prefix: str) -> dict[str, str]:
+        out = self._git("for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
+        return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
 
     def _create_ref(self, name: str, target) -> bool:
         """Atomically create ``name``; False if it already exists.
@@ -342,6 +392,7 @@ def init(path: str) -> None:
     for key, value in (("core.fsync", "all"), ("receive.fsckObjects", "true"),
                        ("core.logAllRefUpdates", "false")):
         repo.config[key] = value
+    serverhooks.install(path)
 
 
 _CONTENTION = ("failed to lock", "failed to create locked file", "old reference value does not match")

@@ -8,6 +8,7 @@ import bottle
 from wogit import errors, names
 from wogit.access import Level
 from wogit.api.body import Body
+from wogit.api.gate import USER
 from wogit.api.responses import header, json_response
 
 
@@ -16,7 +17,8 @@ def install(app, store, settings) -> None:
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
-        tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"])
+        tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"],
+                               actor=bottle.request.environ.get(USER))
         return json_response(201, _describe(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
 
     @app.get("/<repository>/<map>/<tag_id>", need=Level.READ)

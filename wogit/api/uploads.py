@@ -6,7 +6,7 @@ from wogit import errors, names
 from wogit.api.body import Body
 from wogit.access import Level
 from wogit.api import responses
-from wogit.api.gate import ANY
+from wogit.api.gate import ANY, USER
 from wogit.api.responses import json_response
 
 HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
@@ -17,7 +17,7 @@ def install(app, store, settings) -> None:
         header = HEADERS[kind]
         announced = responses.header(header)
         body = Body(bottle.request.environ, limit, kind)
-        result = store.put(kind, body, body.length, announced)
+        result = store.put(kind, body, body.length, announced, actor=bottle.request.environ.get(USER))
         headers = {header: result.digest}
         if not result.created:
             raise errors.EXISTS(f"{kind} {result.digest} was already uploaded", headers)

@@ -1,0 +1,1 @@
+"""The registry's git hook scripts, shipped inside the package as ``wogit.hooks``."""

@@ -1,0 +1,316 @@
+"""The registry's rules for ref changes: one set for git pushes and the HTTP API.
+
+A push (through the ``pre-receive`` hook) and the HTTP API's own writes are both
+lists of ``Change(ref, old, new)``; ``check`` returns what is wrong with each, so
+the same rules decide both paths (docs/layout.md describes what they protect):
+
+- every ref is a registry ref (``wogit.names.parse_ref``);
+- a tag is created once and never moved or deleted; it is a parentless commit
+  whose tree is exactly the blobs ``map`` and ``config`` (mode 100644), and whose
+  message names their digests, each indexed (before or by the same push) at
+  exactly that blob;
+- a digest index ref is created once, at a blob whose sha256 is its name (a
+  config's bytes are UTF-8);
+- a map's metadata only moves forward (the old commit is an ancestor of the new
+  one) on a map that has a tag, and every new commit's tree holds only simple
+  keys whose values are valid.
+
+Objects are read through a ``View``; ``GitView`` reads them with git itself, so it
+also sees the objects of a push still in git's quarantine (pygit2 would not).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from wogit import errors, metadata, names
+
+ZERO = "0" * 40
+BLOB_MODE = 0o100644
+TAG_ENTRIES = ("config", "map")
+_FIELD = re.compile(r"^(map_digest|config_digest): (\S+)$", re.M)
+
+
+@dataclass(frozen=True)
+class Change:
+    ref: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    tree: str
+    parents: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    mode: int
+    name: str
+    oid: str
+
+
+class View(Protocol):
+    """Objects and refs as they are before the change."""
+
+    def ref(self, name: str) -> str | None: ...
+    def refs(self, prefix: str) -> dict[str, str]: ...
+    def kind(self, oid: str) -> str | None: ...  # "blob", "tree", "commit", "tag"; None if missing
+    def commit(self, oid: str) -> Commit: ...
+    def tree(self, oid: str) -> list[Entry]: ...
+    def blob(self, oid: str) -> bytes: ...  # small blobs only (metadata values)
+    def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]: ...  # streamed
+    def new_commits(self, old: str, new: str) -> list[str]: ...  # new, not reachable from old
+    def is_ancestor(self, old: str, new: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Rejection:
+    ref: str
+    msg: str
+
+
+def check(changes: Iterable[Change], view: View) -> list[Rejection]:
+    """What is wrong with each change, seen together (a push may bring a tag and its indexes)."""
+    changes = list(changes)
+    after = {c.ref: c.new for c in changes}
+    problems = []
+    for change in changes:
+        try:
+            _check_one(change, view, after)
+        except _Broken as broken:
+            problems.append(Rejection(change.ref, str(broken)))
+    return problems
+
+
+def require(change: Change, view: View) -> None:
+    """Raise ``errors.RULE_BROKEN`` unless ``change`` keeps the rules (the HTTP API's check)."""
+    for problem in check([change], view):
+        raise errors.RULE_BROKEN(f"{problem.ref}: {problem.msg}")
+
+
+class _Broken(Exception):
+    pass
+
+
+def _check_one(change: Change, view: View, after: dict[str, str]) -> None:
+    name = names.parse_ref(change.ref)
+    if name is None:
+        raise _Broken("outside the registry's namespaces: only refs/wo/<repository>/<map>/<tag>, "
+                      "refs/wo/_maps/sha256/<hex>, refs/wo/_configs/sha256/<hex> and "
+                      "refs/wo/_metadata/<repository>/<map> are registry refs (docs/layout.md)")
+    if isinstance(name, names.TagName):
+        _check_tag(change, view, after)
+    elif isinstance(name, names.BlobName):
+        _check_blob(change, name, view)
+    else:
+        _check_metadata(change, name, view, after)
+
+
+def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
+    if change.old != ZERO:
+        verb = "deleted" if change.new == ZERO else "moved"
+        raise _Broken(f"tags are immutable: an existing tag cannot be {verb}")
+    commit = _object(view, change.new, "commit", "a tag")
+    if commit.parents:
+        raise _Broken("a tag is a commit without parents")
+    entries = view.tree(commit.tree)
+    if sorted(e.name for e in entries) != list(TAG_ENTRIES) or any(
+            e.mode != BLOB_MODE or view.kind(e.oid) != "blob" for e in entries):
+        raise _Broken("a tag's tree must be exactly the files 'map' and 'config' (blobs, mode 100644)")
+    fields = tag_digests(commit.message)
+    blobs = {e.name: e.oid for e in entries}
+    for kind in names.KINDS:
+        digest = fields.get(f"{kind}_digest")
+        if digest is None:
+            raise _Broken(f"a tag's commit message must name '{kind}_digest: sha256:<hex>'")
+        try:
+            index = names.blob_ref(kind, digest)
+        except errors.WogitError:
+            raise _Broken(f"{kind}_digest {digest!r} is not sha256:<64 lowercase hex>") from None
+        indexed = after.get(index, view.ref(index))
+        if indexed in (None, ZERO):
+            raise _Broken(f"{kind}_digest {digest} names no uploaded {kind} ({index} is missing)")
+        if indexed != blobs[kind]:
+            raise _Broken(f"the tree's '{kind}' is {blobs[kind]}, but {digest} is {indexed}")
+
+
+def tag_digests(message: str) -> dict[str, str]:
+    """``{"map_digest": ..., "config_digest": ...}`` as a tag's commit message names them."""
+    return dict(_FIELD.findall(message))
+
+
+def _check_blob(change: Change, name: names.BlobName, view: View) -> None:
+    if change.old != ZERO:
+        raise _Broken(f"a {name.kind}'s digest index ref cannot be moved or deleted")
+    if view.kind(change.new) != "blob":
+        raise _Broken(f"a {name.kind}'s digest index ref must point at a blob")
+    hexdigest, utf8 = view.blob_sha256(change.new, name.kind == names.CONFIG)
+    if names.digest(hexdigest) != name.digest:
+        raise _Broken(f"the blob's digest is sha256:{hexdigest}, not the ref's {name.digest}")
+    if not utf8:
+        raise _Broken("a config must be UTF-8 text")
+
+
+def _check_metadata(change: Change, name: names.MetadataName, view: View, after: dict[str, str]) -> None:
+    if change.new == ZERO:
+        raise _Broken("a map's metadata history cannot be deleted")
+    prefix = names.tags_prefix(name.repository, name.map)
+    tags = {ref for ref, oid in view.refs(prefix).items()} | {ref for ref in after if ref.startswith(prefix)}
+    if not any(after.get(ref, "x") != ZERO for ref in tags):
+        raise _Broken(f"map {name.repository}/{name.map} has no tag: metadata needs a tagged map")
+    _object(view, change.new, "commit", "metadata")
+    if change.old != ZERO and not view.is_ancestor(change.old, change.new):
+        raise _Broken("not a fast-forward: the new metadata commit must descend from the current one "
+                      "(fetch, rebase your change on it, push again)")
+    for oid in view.new_commits(change.old, change.new):
+        for entry in view.tree(view.commit(oid).tree):
+            if entry.mode != BLOB_MODE or view.kind(entry.oid) != "blob":
+                raise _Broken(f"commit {oid}: metadata entry {entry.name!r} is not a file")
+            if not names.is_key(entry.name):
+                raise _Broken(f"commit {oid}: invalid metadata key {entry.name!r}: must match {names.KEY_RULE}")
+            try:
+                metadata.check_value(entry.name, view.blob(entry.oid).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _Broken(f"commit {oid}: the value of {entry.name!r} is not UTF-8") from None
+            except errors.WogitError as exc:
+                raise _Broken(f"commit {oid}: {exc.msg}") from None
+
+
+def _object(view: View, oid: str, kind: str, what: str) -> Commit:
+    if view.kind(oid) != kind:
+        raise _Broken(f"{what} must be a {kind}")
+    return view.commit(oid)
+
+
+# -- reading objects with git (sees a push's quarantined objects) ---------------------------------
+
+class GitView:
+    """A ``View`` of the repository at ``git_dir`` through the git command line."""
+
+    def __init__(self, git_dir: str, env: dict[str, str] | None = None):
+        self.git_dir = git_dir
+        self.env = env
+        self._refs: dict[str, str] | None = None
+
+    def _git(self, *args: str, data: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "--git-dir", self.git_dir, *args], capture_output=True,
+                              env=self.env, check=False, text=not data)
+
+    def _all_refs(self) -> dict[str, str]:
+        if self._refs is None:
+            out = self._git("for-each-ref", "--format=%(objectname) %(refname)", names.NAMESPACE).stdout
+            self._refs = {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
+        return self._refs
+
+    def ref(self, name: str) -> str | None:
+        return self._all_refs().get(name)
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        return {ref: oid for ref, oid in self._all_refs().items() if ref.startswith(prefix)}
+
+    def kind(self, oid: str) -> str | None:
+        result = self._git("cat-file", "-t", oid)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def commit(self, oid: str) -> Commit:
+        raw = self._git("cat-file", "commit", oid, data=True).stdout.decode("utf-8", "replace")
+        head, _, message = raw.partition("\n\n")
+        fields = [line.split(" ", 1) for line in head.splitlines() if " " in line]
+        tree = next(value for key, value in fields if key == "tree")
+        return Commit(tree, tuple(value for key, value in fields if key == "parent"), message)
+
+    def tree(self, oid: str) -> list[Entry]:
+        raw = self._git("cat-file", "tree", oid, data=True).stdout
+        entries, at = [], 0
+        while at < len(raw):
+            space, nul = raw.index(b" ", at), raw.index(b"\0", at)
+            entries.append(Entry(int(raw[at:space], 8), raw[space + 1:nul].decode("utf-8", "replace"),
+                                 raw[nul + 1:nul + 21].hex()))
+            at = nul + 21
+        return entries
+
+    def blob(self, oid: str) -> bytes:
+        return self._git("cat-file", "blob", oid, data=True).stdout
+
+    def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]:
+        sha256 = hashlib.sha256()
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        valid = True
+        with subprocess.Popen(["git", "--git-dir", self.git_dir, "cat-file", "blob", oid],
+                              stdout=subprocess.PIPE, env=self.env) as proc:
+            while chunk := proc.stdout.read(1 << 20):
+                sha256.update(chunk)
+                if utf8 and valid:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError:
+                        valid = False
+        if utf8 and valid:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                valid = False
+        return sha256.hexdigest(), valid
+
+    def new_commits(self, old: str, new: str) -> list[str]:
+        args = [new] if old == ZERO else [new, "^" + old]
+        return self._git("rev-list", *args).stdout.split()
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        return self._git("merge-base", "--is-ancestor", old, new).returncode == 0
+
+
+# -- reading objects with pygit2 (the HTTP API's own writes: no quarantine, no subprocesses) -------
+
+class Pygit2View:
+    """A ``View`` of an open ``pygit2.Repository``; ``refs(prefix)`` lists refs under a prefix."""
+
+    def __init__(self, repo, refs: Callable[[str], dict[str, str]]):
+        self.repo = repo
+        self.refs = refs
+
+    def ref(self, name: str) -> str | None:
+        ref = self.repo.references.get(name)
+        return None if ref is None else str(ref.target)
+
+    def kind(self, oid: str) -> str | None:
+        try:
+            kind, _ = self.repo.odb.read_header(oid)
+        except (KeyError, ValueError):
+            return None
+        return {1: "commit", 2: "tree", 3: "blob", 4: "tag"}.get(int(kind))
+
+    def commit(self, oid: str) -> Commit:
+        commit = self.repo[oid]
+        return Commit(str(commit.tree_id), tuple(str(p) for p in commit.parent_ids), commit.message)
+
+    def tree(self, oid: str) -> list[Entry]:
+        return [Entry(int(e.filemode), e.name, str(e.id)) for e in self.repo[oid]]
+
+    def blob(self, oid: str) -> bytes:
+        return self.repo[oid].data
+
+    def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]:
+        raise NotImplementedError("the HTTP API hashes uploads as it stores them")
+
+    def new_commits(self, old: str, new: str) -> list[str]:
+        commits, oid = [], new
+        while oid != old:  # the API's own commits: a single-parent chain
+            commits.append(oid)
+            parents = self.repo[oid].parent_ids
+            if not parents:
+                break
+            oid = str(parents[0])
+        return commits
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        return old == new or self.repo.descendant_of(new, old)
