@@ -28,6 +28,17 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def git_blob_id(data: bytes) -> str:
+    """The git id of a blob of ``data`` (what `git hash-object` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def index_tree_id(kind: str, data: bytes) -> str:
+    """The git id of the digest index tree of ``data`` uploaded as ``kind``: {kind: blob}."""
+    body = b"100644 " + kind.encode() + b"\0" + bytes.fromhex(git_blob_id(data))
+    return hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
+
+
 def git(git_dir, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True, text=True, check=check)
 

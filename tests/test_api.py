@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import wogit
-from conftest import TEST_CONFIG, TEST_MAP, git, refs, sha256
+from conftest import TEST_CONFIG, TEST_MAP, git, git_blob_id, index_tree_id, refs, sha256
 
 MAP_HEADER = "Wo-Map-Digest"
 CONFIG_HEADER = "Wo-Config-Digest"
@@ -100,10 +100,6 @@ def index_ref(kind: str, data: bytes) -> str:
     return INDEX[kind] + hashlib.sha256(data).hexdigest()
 
 
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def cat_blob(git_dir, oid: str) -> bytes:
     return subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "blob", oid],
                           capture_output=True, check=True).stdout
@@ -159,13 +155,13 @@ def test_upload_201_then_409_with_digest_header(server, kind):
     assert first.status == 201, first.body
     assert first.headers[header] == sha256(data)
     ref = index_ref(kind, data)
-    assert refs(server.data)[ref] == git_blob_id(data)
+    assert refs(server.data)[ref] == index_tree_id(kind, data)
     assert cat_blob(server.data, git_blob_id(data)) == data
 
     again = upload(server, kind, data)
     assert_error(again, 409)
     assert again.headers[header] == sha256(data)
-    assert refs(server.data)[ref] == git_blob_id(data)
+    assert refs(server.data)[ref] == index_tree_id(kind, data)
 
 
 def test_map_digest_is_sha256_of_exact_bytes_of_real_map(fresh_server):
@@ -175,7 +171,7 @@ def test_map_digest_is_sha256_of_exact_bytes_of_real_map(fresh_server):
     assert reply.status == 201
     assert reply.headers[MAP_HEADER] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert cat_blob(srv.data, git_blob_id(data)) == data
-    assert refs(srv.data) == {index_ref("map", data): git_blob_id(data)}
+    assert refs(srv.data) == {index_ref("map", data): index_tree_id("map", data)}
 
 
 def test_same_bytes_as_map_and_as_config_are_separate_kinds(server):
@@ -285,8 +281,8 @@ def test_size_limits_413_and_nothing_stored(fresh_server):
     at_map, at_config = os.urandom(1000), b"y" * 100
     assert upload(srv, "map", at_map).status == 201
     assert upload(srv, "config", at_config, chunked=True).status == 201
-    assert refs(srv.data) == {index_ref("map", at_map): git_blob_id(at_map),
-                              index_ref("config", at_config): git_blob_id(at_config)}
+    assert refs(srv.data) == {index_ref("map", at_map): index_tree_id("map", at_map),
+                              index_ref("config", at_config): index_tree_id("config", at_config)}
 
 
 # -- tags ----------------------------------------------------------------------
@@ -402,8 +398,8 @@ def test_tag_errors_create_nothing_on_fresh_registry(fresh_server):
     map_data, config = map_bytes(), config_bytes()
     m = upload(srv, "map", map_data).headers[MAP_HEADER]
     c = upload(srv, "config", config).headers[CONFIG_HEADER]
-    uploads_only = {index_ref("map", map_data): git_blob_id(map_data),
-                    index_ref("config", config): git_blob_id(config)}
+    uploads_only = {index_ref("map", map_data): index_tree_id("map", map_data),
+                    index_ref("config", config): index_tree_id("config", config)}
     assert refs(srv.data) == uploads_only
     for case, payload in _bad_digest_payloads(m, c).items():
         assert_error(put_tag(srv, "/r/m/v1", payload), 404)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from conftest import fsck, git, refs, sha256
+from conftest import fsck, git, git_blob_id, index_tree_id, refs, sha256
 
 THREADS_FC001 = 20
 THREADS_FC002 = 8
@@ -122,7 +122,7 @@ def _tag_race(urls: list[str], data_dir, path: str, maps: list[bytes], config: s
         assert got.headers["Wo-Config-Digest"] == config
     commit = refs(data_dir)[f"refs/wo/{path}"]
     map_oid = git(data_dir, "rev-parse", f"{commit}:map").stdout.strip()
-    assert map_oid == refs(data_dir)["refs/wo/_maps/sha256/" + digests[winner][7:]]
+    assert map_oid == git(data_dir, "rev-parse", "refs/wo/_maps/sha256/" + digests[winner][7:] + ":map").stdout.strip()
     assert f"map_digest: {digests[winner]}" in git(data_dir, "log", "-1", "--format=%B", commit).stdout
     assert subprocess.run(["git", "--git-dir", str(data_dir), "cat-file", "blob", map_oid],
                           capture_output=True, check=True).stdout == maps[winner]
@@ -169,15 +169,8 @@ def _upload_race(urls: list[str], data_dir, kind: str, content: bytes) -> None:
     for reply in replies:
         if reply.status_code == 409:
             assert_json_error(reply, 409)
-    blob = subprocess_hash(content)
     matching = {name: oid for name, oid in refs(data_dir).items() if name.endswith(sha256(content)[7:])}
-    assert matching == {prefix + sha256(content)[7:]: blob}
-
-
-def subprocess_hash(content: bytes) -> str:
-    """What `git hash-object` says the blob id of ``content`` is."""
-    return subprocess.run(["git", "hash-object", "--stdin"], input=content, capture_output=True,
-                          check=True).stdout.decode().strip()
+    assert matching == {prefix + sha256(content)[7:]: index_tree_id(kind, content)}
 
 
 def test_identical_map_uploads_race(server, unique):
@@ -369,6 +362,6 @@ def test_writes_go_through_a_competing_lock_holder(fresh_server, unique, what):
     elif what == "tag":
         assert requests.get(f"{srv.url}/{unique}/m/t2").headers["Wo-Map-Digest"] == m
     else:
-        assert refs(srv.data)["refs/wo/_maps/sha256/" + sha256(new_map)[7:]] == subprocess_hash(new_map)
+        assert refs(srv.data)["refs/wo/_maps/sha256/" + sha256(new_map)[7:]] == index_tree_id("map", new_map)
     assert not os.path.exists(lock)
     fsck(srv.data)

@@ -319,7 +319,7 @@ def test_types_converted(tmp_path):
     assert type(server["timeout"]) is float and type(server["login_failure_window"]) is float
 
 
-SAMPLES = {str: '"x"', int: "1", float: "1.5", bool: "true"}
+SAMPLES = {str: '"x"', int: "1", float: "1.5", bool: "true", tuple: '["http://a:1", "/srv/b.git"]'}
 KINDS = {"tls_cert": str, "tls_key": str, "max_login_failures": int, "login_failure_window": float,
          **{field.name: type(field.default) for field in fields(Settings)}}
 
@@ -422,3 +422,16 @@ def test_missing_file(tmp_path):
         config.load(path)
     assert str(caught.value).startswith(f"{path}: cannot read")
     assert caught.value.line is None
+
+
+def test_lists_of_urls(tmp_path):
+    text = '[server]\npush_mirrors = ["/srv/backup.git", "ssh://b/r.git"]\nnotify = []\n'
+    assert config.load(write(tmp_path, text)).server == {"push_mirrors": ("/srv/backup.git", "ssh://b/r.git"),
+                                                        "notify": ()}
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(write(tmp_path, '[server]\nport = 1\npush_mirrors = "/srv/backup.git"\n'))
+    assert str(caught.value).endswith("line 3: push_mirrors must be an array of strings, not a string")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(write(tmp_path, '[server]\nnotify = ["http://r:1", 2]\n'))
+    assert str(caught.value).endswith("line 2: notify must be an array of strings, not an array")
+    assert Settings.from_env({"WOGIT_PUSH_MIRRORS": " /a.git  ssh://b/c.git "}).push_mirrors == ("/a.git", "ssh://b/c.git")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import FIELD_CASES, SHARED, fsck, raw_request, refs, sha256, status_of
+from conftest import FIELD_CASES, SHARED, fsck, git_blob_id, index_tree_id, raw_request, refs, sha256, status_of
 
 CASES = {case["id"]: case for case in json.loads(FIELD_CASES.read_text())["cases"]}
 MAP_HEADER, CONFIG_HEADER = "Wo-Map-Digest", "Wo-Config-Digest"
@@ -87,10 +87,6 @@ def assert_raw_json_error(raw: bytes, status: int) -> dict[str, str]:
     payload = json.loads(body)
     assert set(payload) == {"msg"} and isinstance(payload["msg"], str) and payload["msg"].strip(), raw
     return headers
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def has_object(git_dir, oid: str) -> bool:
@@ -177,7 +173,7 @@ def test_fc008_curl_chunked_with_expect_100_continue(server, tmp_path, kind):
     assert "> Expect: 100-continue" in log
     assert status == 201
     assert headers[UPLOAD[kind][1].lower()] == sha256(data)
-    assert refs(server.data)[index_ref(kind, data)] == git_blob_id(data)
+    assert refs(server.data)[index_ref(kind, data)] == index_tree_id(kind, data)
     status, headers, _ = curl_upload(server, kind, file)
     assert status == 409
     assert headers[UPLOAD[kind][1].lower()] == sha256(data)
@@ -209,7 +205,7 @@ def test_fc008_requests_generator_body_is_chunked_upload(server, kind):
         reply = session.send(sent, timeout=30)
     assert reply.status_code == 201, reply.text
     assert reply.headers[UPLOAD[kind][1]] == sha256(data)
-    assert refs(server.data)[index_ref(kind, data)] == git_blob_id(data)
+    assert refs(server.data)[index_ref(kind, data)] == index_tree_id(kind, data)
 
 
 @pytest.mark.parametrize("kind", ["map", "config"])

@@ -22,6 +22,7 @@ import requests
 from conftest import ROOT, TEST_CONFIG, TEST_MAP, Server, fsck, git, refs, sha256
 
 MAP_DATA = b"the city map \x00\x01\x02"
+INDEX_TREE = "a map's digest index ref must point at a tree holding exactly the file 'map' (a blob, mode 100644)"
 CONFIG = b"style: city\n"
 EXAMPLES = ROOT / "examples" / "hooks"
 AUTHOR = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
@@ -49,6 +50,10 @@ class Client:
         kinds = {"100644": "blob", "100755": "blob", "040000": "tree"}
         lines = "".join(f"{mode} {kinds[mode]} {oid}\t{name}\n" for mode, name, oid in entries)
         return self.run("mktree", data=lines.encode())
+
+    def index(self, kind: str, blob: str) -> str:
+        """The digest index tree of a map or config: {kind: blob}."""
+        return self.tree(("100644", kind, blob))
 
     def commit(self, tree: str, message: str, *parents: str) -> str:
         return self.run("commit-tree", tree, *sum((["-p", p] for p in parents), []), "-m", message)
@@ -118,7 +123,8 @@ def test_hooks_are_installed_on_creation_and_by_init_idempotently(tmp_path):
     client = Client(tmp_path / "c.git", mirror)
     m, c = client.blob(b"m"), client.blob(b"c\n")
     md, cd = sha256(b"m"), sha256(b"c\n")
-    pushed = client.push(f"{m}:refs/wo/_maps/sha256/{md[7:]}", f"{c}:refs/wo/_configs/sha256/{cd[7:]}",
+    pushed = client.push(f"{client.index('map', m)}:refs/wo/_maps/sha256/{md[7:]}",
+                         f"{client.index('config', c)}:refs/wo/_configs/sha256/{cd[7:]}",
                          f"{client.tag_commit(m, c, md, cd, 'a/b/c')}:refs/wo/a/b/c")
     assert pushed.returncode == 0, pushed.stderr
     assert "operator-hook-ran" in pushed.stderr
@@ -191,13 +197,17 @@ def _cases(client: Client, registry: Server) -> list[tuple[str, list[str], str]]
          f"map_digest {cd} names no uploaded map"),
         ("moving a tag", [f"+{good_tag}:refs/wo/osm/city/v1"], "tags are immutable: an existing tag cannot be moved"),
         ("deleting a tag", [":refs/wo/osm/city/v1"], "tags are immutable: an existing tag cannot be deleted"),
-        ("an index ref with the wrong digest", [f"{other}:refs/wo/_maps/sha256/{'0' * 64}"],
+        ("an index ref with the wrong digest", [f"{client.index('map', other)}:refs/wo/_maps/sha256/{'0' * 64}"],
          f"the blob's digest is {sha256(b'another map')}, not the ref's sha256:{'0' * 64}"),
-        ("an index ref at a commit", [f"{good_tag}:refs/wo/_maps/sha256/{'1' * 64}"],
-         "a map's digest index ref must point at a blob"),
-        ("a config that is not UTF-8", [f"{client.blob(b'caf' + bytes([0xE9]))}:refs/wo/_configs/sha256/{hashlib.sha256(b'caf' + bytes([0xE9])).hexdigest()}"],
+        ("an index ref at a commit", [f"{good_tag}:refs/wo/_maps/sha256/{'1' * 64}"], INDEX_TREE),
+        ("an index ref at a blob", [f"{other}:refs/wo/_maps/sha256/{sha256(b'another map')[7:]}"], INDEX_TREE),
+        ("an index tree naming the other kind", [f"{client.index('config', other)}:refs/wo/_maps/sha256/{sha256(b'another map')[7:]}"],
+         INDEX_TREE),
+        ("an index tree with two files", [f"{client.tree(('100644', 'map', other), ('100644', 'x', other))}:refs/wo/_maps/sha256/{sha256(b'another map')[7:]}"],
+         INDEX_TREE),
+        ("a config that is not UTF-8", [f"{client.index('config', client.blob(b'caf' + bytes([0xE9])))}:refs/wo/_configs/sha256/{hashlib.sha256(b'caf' + bytes([0xE9])).hexdigest()}"],
          "a config must be UTF-8 text"),
-        ("moving an index ref", [f"+{other}:refs/wo/_maps/sha256/{md[7:]}"],
+        ("moving an index ref", [f"+{client.index('map', other)}:refs/wo/_maps/sha256/{md[7:]}"],
          "a map's digest index ref cannot be moved or deleted"),
         ("deleting an index ref", [f":refs/wo/_configs/sha256/{cd[7:]}"],
          "a config's digest index ref cannot be moved or deleted"),
@@ -242,7 +252,8 @@ def test_a_valid_push_is_accepted_and_served_at_once(registry, client):
     metadata = client.commit(client.tree(("100644", "license", client.blob(b"ODbL-1.0")),
                                          ("100644", "source", client.blob(b"git push"))), "set source", head)
     new_map_meta = client.commit(client.tree(("100644", "area", client.blob(b"test"))), "set area")
-    result = client.push(f"{m}:refs/wo/_maps/sha256/{md[7:]}", f"{c}:refs/wo/_configs/sha256/{cd[7:]}",
+    result = client.push(f"{client.index('map', m)}:refs/wo/_maps/sha256/{md[7:]}",
+                         f"{client.index('config', c)}:refs/wo/_configs/sha256/{cd[7:]}",
                          f"{tag}:refs/wo/osm/test-area/v1", f"{metadata}:refs/wo/_metadata/osm/city",
                          f"{new_map_meta}:refs/wo/_metadata/osm/test-area")
     assert result.returncode == 0, result.stderr
@@ -353,7 +364,7 @@ def test_validators_refuse_pushed_maps_and_tags(registry, client, tmp_path):
     try:
         data = b"not a pbf at all"
         oid = client.blob(data)
-        result = client.push(f"{oid}:refs/wo/_maps/sha256/{hashlib.sha256(data).hexdigest()}")
+        result = client.push(f"{client.index('map', oid)}:refs/wo/_maps/sha256/{hashlib.sha256(data).hexdigest()}")
         assert result.returncode != 0
         assert "not an OSM PBF file: first BlobHeader" in result.stderr
         m, c = client.blob(MAP_DATA), client.blob(CONFIG)
@@ -362,7 +373,7 @@ def test_validators_refuse_pushed_maps_and_tags(registry, client, tmp_path):
         assert result.returncode != 0
         assert "wogit: refusing refs/wo/osm/city/rc2: release candidates are not published here" in result.stderr
         pbf = TEST_MAP.read_bytes()
-        ok = client.push(f"{client.blob(pbf)}:refs/wo/_maps/sha256/{hashlib.sha256(pbf).hexdigest()}")
+        ok = client.push(f"{client.index('map', client.blob(pbf))}:refs/wo/_maps/sha256/{hashlib.sha256(pbf).hexdigest()}")
         assert ok.returncode == 0, ok.stderr
     finally:
         for name in ("wo-validate-map", "wo-validate-tag"):
@@ -384,7 +395,7 @@ def test_a_hanging_validator_is_killed_with_its_children(fresh_server, tmp_path)
     # A pushed map meets the same timeout (read from the repository's config by the hook).
     client = Client(tmp_path / "c.git", srv.data)
     oid = client.blob(b"slow too")
-    result = client.push(f"{oid}:refs/wo/_maps/sha256/{hashlib.sha256(b'slow too').hexdigest()}")
+    result = client.push(f"{client.index('map', oid)}:refs/wo/_maps/sha256/{hashlib.sha256(b'slow too').hexdigest()}")
     assert result.returncode != 0 and "wo-validate-map did not finish within 1 s" in result.stderr
     time.sleep(3.5)
     assert not marker.exists()  # the hook's background child was killed with its group

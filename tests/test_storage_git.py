@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEST_CONFIG, TEST_MAP, fsck, git, refs, sha256
+from conftest import TEST_CONFIG, TEST_MAP, fsck, git, git_blob_id, index_tree_id, refs, sha256
 
 from wogit import names
 
@@ -124,15 +124,17 @@ def test_exact_refs_and_tag_commit_after_push_and_metadata(fresh_server):
     tag_commit = found["refs/wo/osm/test-area/v1"]
     meta_commit = found["refs/wo/_metadata/osm/test-area"]
     assert found == {
-        "refs/wo/_maps/sha256/" + m.removeprefix("sha256:"): map_oid,
-        "refs/wo/_configs/sha256/" + c.removeprefix("sha256:"): config_oid,
+        "refs/wo/_maps/sha256/" + m.removeprefix("sha256:"): index_tree_id("map", map_bytes),
+        "refs/wo/_configs/sha256/" + c.removeprefix("sha256:"): index_tree_id("config", config_bytes),
         "refs/wo/osm/test-area/v1": tag_commit,
         "refs/wo/_metadata/osm/test-area": meta_commit,
     }
     for ref in found:
         assert names.parse_ref(ref) is not None, ref
 
-    # the index refs point straight at blobs of exactly the uploaded bytes
+    # the index refs point at one-entry trees holding blobs of exactly the uploaded bytes
+    assert ls_tree(srv.data, found["refs/wo/_maps/sha256/" + m[7:]]) == [("100644", "blob", map_oid, "map")]
+    assert ls_tree(srv.data, found["refs/wo/_configs/sha256/" + c[7:]]) == [("100644", "blob", config_oid, "config")]
     assert git(srv.data, "cat-file", "-t", map_oid).stdout == "blob\n"
     assert git(srv.data, "cat-file", "-t", config_oid).stdout == "blob\n"
     assert cat_blob(srv.data, map_oid) == map_bytes
@@ -250,8 +252,10 @@ def test_fsck_strict_clean_after_mixed_sequence(fresh_server):
         "refs/wo/osm/area/v1", "refs/wo/osm/area/v2", "refs/wo/osm/other/v1",
         "refs/wo/_metadata/osm/area", "refs/wo/_metadata/osm/other",
     ])
-    # one blob for the same bytes uploaded as both kinds
-    assert found["refs/wo/_maps/sha256/" + m1[7:]] == found["refs/wo/_configs/sha256/" + sha256(b"map one")[7:]]
+    # one blob for the same bytes uploaded as both kinds, each in its kind's index tree
+    assert git(srv.data, "rev-parse", "refs/wo/_maps/sha256/" + m1[7:] + ":map").stdout == \
+        git(srv.data, "rev-parse", "refs/wo/_configs/sha256/" + sha256(b"map one")[7:] + ":config").stdout == \
+        git_blob_id(b"map one") + "\n"
     assert lock_files(srv.data) == []
 
 

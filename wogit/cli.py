@@ -38,6 +38,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert (WOGIT_TLS_KEY)")
     serve.add_argument("--hook-timeout", type=float,
                        help=f"seconds a wo-validate-* hook may run (WOGIT_HOOK_TIMEOUT; default {defaults.hook_timeout:g})")
+    serve.add_argument("--replica-of", metavar="URL",
+                       help="serve a read-only copy of the primary at URL, fetched over its /_git (WOGIT_REPLICA_OF)")
+    serve.add_argument("--replica-interval", type=float, metavar="SECONDS",
+                       help=f"seconds between a replica's fetches (WOGIT_REPLICA_INTERVAL; default {defaults.replica_interval:g})")
+    serve.add_argument("--push-mirror", dest="push_mirrors", action="append", metavar="REMOTE",
+                       help="a git remote (URL or path) that gets every change pushed; repeatable (WOGIT_PUSH_MIRRORS)")
+    serve.add_argument("--notify", action="append", metavar="URL",
+                       help="a replica's base URL, told to fetch after every write; repeatable (WOGIT_NOTIFY)")
     init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
                                             "existing one (idempotent)")
     init.add_argument("--data", help=f"the bare git repository (WOGIT_DATA; default {defaults.data})")
@@ -81,7 +89,8 @@ def _serve(args) -> int:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
         "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
-        "hook_timeout")}
+        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "notify")}
+    flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}
     return serve(Settings.from_env(file=file, **flags), policy)

@@ -32,10 +32,10 @@ from wogit.settings import Settings, parse_size
 
 #: [server] keys beyond the fields of Settings, and their types.
 _EXTRA = {"tls_cert": str, "tls_key": str, "max_login_failures": int, "login_failure_window": float}
-_PATHS = {"data", "tls_cert", "tls_key", "auth_file"}  # resolved against the file's directory
+_PATHS = {"data", "tls_cert", "tls_key", "auth_file", "replica_password_file"}  # resolved against the file's directory
 _LOWEST = {"port": 0, "threads": 1, "max_login_failures": 1}  # numbers are never negative
 _HIGHEST = {"port": 65535}
-_POSITIVE = {"timeout", "login_failure_window"}  # floats that must be above zero
+_POSITIVE = {"timeout", "login_failure_window", "replica_interval", "mirror_interval", "hook_timeout"}  # floats that must be above zero
 _TABLES = ("server", "auth", "access")
 _LEVELS = "read, write, delete, admin"
 
@@ -142,6 +142,10 @@ class _Reader:
             kind = int
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if kind is tuple:
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise self.error(where, f"{name} must be an array of strings, not {_kind(value)}")
+            return tuple(value)
         if type(value) is not kind:
             wanted = _WANTED.get(kind) or _TOML_TYPES.get(kind, kind.__name__)
             raise self.error(where, f"{name} must be {wanted}, not {_kind(value)}")

@@ -58,6 +58,7 @@ MAP_UNKNOWN = _declare("MAP_UNKNOWN", 404, "the repository or map does not exist
 KEY_UNKNOWN = _declare("KEY_UNKNOWN", 404, "the map has no metadata with that key")
 UNAUTHORIZED = _declare("UNAUTHORIZED", 401, "no valid credentials were given and they are needed (see WWW-Authenticate)")
 FORBIDDEN = _declare("FORBIDDEN", 403, "the user's permissions do not allow this")
+READ_ONLY = _declare("READ_ONLY", 403, "this registry is a read-only replica; msg names the primary that takes writes")
 METHOD_NOT_ALLOWED = _declare("METHOD_NOT_ALLOWED", 405, "the method is not allowed on this path (see Allow)")
 EXISTS = _declare("EXISTS", 409, "the map, config or tag already exists")
 LENGTH_REQUIRED = _declare("LENGTH_REQUIRED", 411, "the request has a body but neither Content-Length nor chunked encoding")

@@ -3,8 +3,8 @@
 The whole registry state is refs under ``refs/wo/`` (see docs/layout.md)::
 
     refs/wo/<repository>/<map>/<tag_id>     commit, tree {map, config}: a tag
-    refs/wo/_maps/sha256/<hex>              blob: an uploaded map, by digest
-    refs/wo/_configs/sha256/<hex>           blob: an uploaded config, by digest
+    refs/wo/_maps/sha256/<hex>              tree {map}: an uploaded map, by digest
+    refs/wo/_configs/sha256/<hex>           tree {config}: an uploaded config, by digest
     refs/wo/_metadata/<repository>/<map>    commit chain, tree {<key>: value}
 
 Repository names cannot start with ``_``, so the ``_``-prefixed namespaces never
@@ -105,7 +105,7 @@ def tags_prefix(repository: str, map: str) -> str:
 
 
 def blob_ref(kind: str, digest: str) -> str:
-    """The index ref of an uploaded map or config; raises DIGEST_INVALID."""
+    """The index ref of an uploaded map or config (at a tree holding its blob); raises DIGEST_INVALID."""
     hexdigest = digest_hex(digest)
     return (MAPS if kind == MAP else CONFIGS) + hexdigest
 

@@ -9,7 +9,8 @@ the same rules decide both paths (docs/layout.md describes what they protect):
   whose tree is exactly the blobs ``map`` and ``config`` (mode 100644), and whose
   message names their digests, each indexed (before or by the same push) at
   exactly that blob;
-- a digest index ref is created once, at a blob whose sha256 is its name (a
+- a digest index ref is created once, at a tree holding exactly one file named
+  after its kind (``map`` or ``config``), a blob whose sha256 is the ref's name (a
   config's bytes are UTF-8);
 - a map's metadata only moves forward (the old commit is an ancestor of the new
   one) on a map that has a tag, and every new commit's tree holds only simple
@@ -139,8 +140,19 @@ def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
         indexed = after.get(index, view.ref(index))
         if indexed in (None, ZERO):
             raise _Broken(f"{kind}_digest {digest} names no uploaded {kind} ({index} is missing)")
-        if indexed != blobs[kind]:
-            raise _Broken(f"the tree's '{kind}' is {blobs[kind]}, but {digest} is {indexed}")
+        blob = indexed_blob(view, indexed, kind)
+        if blob != blobs[kind]:
+            raise _Broken(f"the tree's '{kind}' is {blobs[kind]}, but {digest} is {blob}")
+
+
+def indexed_blob(view: View, tree: str, kind: str) -> str | None:
+    """The blob a digest index tree holds (None if it is not such a tree)."""
+    if view.kind(tree) != "tree":
+        return None
+    entries = view.tree(tree)
+    if [(e.name, e.mode) for e in entries] != [(kind, BLOB_MODE)] or view.kind(entries[0].oid) != "blob":
+        return None
+    return entries[0].oid
 
 
 def tag_digests(message: str) -> dict[str, str]:
@@ -151,9 +163,11 @@ def tag_digests(message: str) -> dict[str, str]:
 def _check_blob(change: Change, name: names.BlobName, view: View) -> None:
     if change.old != ZERO:
         raise _Broken(f"a {name.kind}'s digest index ref cannot be moved or deleted")
-    if view.kind(change.new) != "blob":
-        raise _Broken(f"a {name.kind}'s digest index ref must point at a blob")
-    hexdigest, utf8 = view.blob_sha256(change.new, name.kind == names.CONFIG)
+    blob = indexed_blob(view, change.new, name.kind)
+    if blob is None:
+        raise _Broken(f"a {name.kind}'s digest index ref must point at a tree holding exactly the file "
+                      f"'{name.kind}' (a blob, mode 100644)")
+    hexdigest, utf8 = view.blob_sha256(blob, name.kind == names.CONFIG)
     if names.digest(hexdigest) != name.digest:
         raise _Broken(f"the blob's digest is sha256:{hexdigest}, not the ref's {name.digest}")
     if not utf8:

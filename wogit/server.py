@@ -22,6 +22,7 @@ from wogit.api import create_app
 from wogit.api.gate import USER, Gate
 from wogit.auth import Throttle, Users
 from wogit.framing import ChunkedReader, StrictHeaderReader
+from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
 from wogit.settings import Settings
 from wogit.store import Store
 
@@ -141,10 +142,11 @@ def access_log(app):
 
 def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
     """The gate from the config file's policy and the user file (flag, environment or file)."""
+    replica_of = settings.replica_of.rstrip("/") or None
     if not settings.auth_file:
         if policy is not None and policy.requires_auth:
             raise SystemExit("wogit: the config grants access but names no user file ([auth] htpasswd)")
-        return Gate.open()
+        return Gate(Policy.open(), replica_of=replica_of)
     if policy is None or not policy.requires_auth:
         policy = Policy.authenticated()
     if not os.path.isfile(settings.auth_file):
@@ -156,14 +158,40 @@ def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
         throttle = Throttle(settings.max_login_failures, settings.login_failure_window)
     except ValueError as exc:
         raise SystemExit(f"wogit: {exc}") from None
-    return Gate(policy, users, throttle)
+    return Gate(policy, users, throttle, replica_of=replica_of)
 
 
-def build_server(settings: Settings, store: Store | None = None, gate: Gate | None = None) -> wsgi.Server:
+def build_replication(settings: Settings, git_dir: str) -> Replication:
+    """The replica, push mirrors and replicas to notify that the settings ask for."""
+    replica = None
+    if settings.replica_of:
+        if not settings.replica_of.startswith(("http://", "https://")):
+            raise SystemExit(f"wogit: --replica-of needs the primary's http(s):// base URL, not {settings.replica_of!r}")
+        if settings.push_mirrors or settings.notify:
+            raise SystemExit("wogit: a replica takes no writes: it has no push mirrors and notifies no replicas")
+        password = None
+        if settings.replica_password_file:
+            try:
+                with open(settings.replica_password_file, encoding="utf-8") as file:
+                    password = file.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SystemExit(f"wogit: cannot read replica_password_file {settings.replica_password_file}: {exc}") from None
+        replica = Replica(git_dir, settings.replica_of, settings.replica_interval,
+                          settings.replica_user or None, password)
+    mirrors = [PushMirror(git_dir, url, settings.mirror_interval) for url in settings.push_mirrors]
+    notifier = Notifier(list(settings.notify)) if settings.notify else None
+    return Replication(replica, mirrors, notifier)
+
+
+def build_server(settings: Settings, store: Store | None = None, gate: Gate | None = None,
+                 replication: Replication | None = None) -> wsgi.Server:
     store = store or Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
     serverhooks.install(store.path, settings.hook_timeout)  # refreshed at every start: idempotent
+    if replication is not None:
+        store.listeners.append(replication.changed)
+    app = create_app(settings, store, gate or build_gate(settings), replication)
     server = _Server(
-        (settings.host, settings.port), access_log(create_app(settings, store, gate or build_gate(settings))),
+        (settings.host, settings.port), access_log(app),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",
         timeout=settings.timeout, shutdown_timeout=settings.shutdown_timeout,
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
@@ -185,7 +213,12 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and return."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     gate = build_gate(settings, policy)
-    server = build_server(settings, gate=gate)
+    store = Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
+    replication = build_replication(settings, store.path)
+    server = build_server(settings, store, gate, replication)
+    if replication.replica is not None and replication.replica.fetch():  # a first copy before serving
+        log.info("replica of %s: fetched", redact(replication.replica.primary))
+    replication.start()
     server.prepare()
     host, port = server.bind_addr[:2]
     scheme = "https" if server.ssl_adapter else "http"
@@ -205,4 +238,5 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     print("wogit: shutting down, finishing requests in flight", file=sys.stderr, flush=True)
     server.stop()
     worker.join()
+    replication.stop()
     return 0

@@ -112,7 +112,7 @@ def _validate_pushed(git_dir: str, changes: list[rules.Change], view: rules.GitV
         try:
             if isinstance(name, names.BlobName) and change.new != rules.ZERO:
                 if has_validator(git_dir, name.kind):
-                    with _blob_file(git_dir, change.new) as path:
+                    with _blob_file(git_dir, rules.indexed_blob(view, change.new, name.kind)) as path:
                         validate(git_dir, name.kind, timeout, path,
                                  WO_DIGEST=name.digest, WO_USER=user)
             elif isinstance(name, names.TagName) and change.new != rules.ZERO and has_validator(git_dir, "tag"):

@@ -31,6 +31,13 @@ class Settings:
     max_login_failures: int = 10  # failed logins from one address within the window before 429
     login_failure_window: float = 60.0
     hook_timeout: float = 60.0  # seconds an operator's wo-validate-* hook may run before it is killed
+    replica_of: str = ""  # the primary's base URL: serve reads from a copy of it, refuse writes
+    replica_interval: float = 5.0  # seconds between a replica's fetches (it also fetches when notified)
+    replica_user: str = ""  # credentials of the replica on the primary (HTTP Basic)
+    replica_password_file: str = ""  # a file holding that user's password
+    push_mirrors: tuple[str, ...] = ()  # git remotes that get every change pushed
+    mirror_interval: float = 30.0  # seconds between checks for changes made with git (pushes)
+    notify: tuple[str, ...] = ()  # replicas' base URLs, told to fetch after every write
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, file: dict | None = None, **overrides) -> Settings:
@@ -58,6 +65,8 @@ def parse_size(text: str) -> int:
 
 
 def _convert(name: str, raw: str, kind: type):
+    if kind is tuple:
+        return tuple(raw.split())  # a list of URLs, separated by whitespace
     if name.endswith("_size"):
         try:
             return parse_size(raw)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import pygit2
 
-from wogit import errors, metadata, names, objects, rules, serverhooks, tarball
+from wogit import errors, githttp, metadata, names, objects, rules, serverhooks, tarball
 
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
@@ -86,6 +86,7 @@ class Store:
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
         self._local = threading.local()
+        self.listeners: list[Callable[[], None]] = []  # told after every ref change (replication)
         pygit2.settings.enable_fsync_gitdir(fsync)
         init(self.path)
         self.objects_dir = os.path.join(self.path, "objects")
@@ -135,7 +136,7 @@ class Store:
             if spooled is not None:
                 spooled.close()
         digest = names.digest(hexdigest)
-        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), oid))
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
 
     def _put_validated(self, kind: str, reader: objects.Reader, length: int | None,
                        expected_hex: str | None, actor: str | None) -> Upload:
@@ -165,7 +166,13 @@ class Store:
                 oid, _ = objects.write_blob(self.objects_dir, spooled, size, None, self.fsync)
         finally:
             os.unlink(path)
-        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), oid))
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
+
+    def _index_tree(self, kind: str, oid: str) -> pygit2.Oid:
+        """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
+        builder = self.repo.TreeBuilder()
+        builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
+        return builder.write()
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -173,10 +180,12 @@ class Store:
         if ref is None:
             return None
         try:
-            kind_id, _ = self.repo.odb.read_header(ref.target)
+            tree = self.repo[ref.target]
+            blob = tree[kind].id if isinstance(tree, pygit2.Tree) else None
+            kind_id, _ = self.repo.odb.read_header(blob) if blob is not None else (None, 0)
         except KeyError:
             return None
-        return str(ref.target) if kind_id == pygit2.enums.ObjectType.BLOB else None
+        return str(blob) if kind_id == pygit2.enums.ObjectType.BLOB else None
 
     def _require_blob(self, kind: str, digest: str, field: str) -> str:
         names.digest_hex(digest, field, errors.BLOB_UNKNOWN)
@@ -311,6 +320,7 @@ class Store:
                     ref.set_target(commit, message.splitlines()[0])
                 except (pygit2.GitError, OSError) as exc:
                     raise _contention(exc, name) from None
+                self._changed()
             return changed
 
         return self._retrying(attempt)
@@ -336,6 +346,26 @@ class Store:
 
         return Archive(found, etag, chunks)
 
+    # -- git over HTTP ---------------------------------------------------------
+
+    def serve_git(self, request: githttp.Request, body: objects.Reader | None) -> githttp.Response:
+        """One smart-HTTP request (clone, fetch, push) on the registry repository."""
+        answer = githttp.run(self.path, request, body, allow_push=True)
+        if githttp.service(request.path, request.query) != githttp.RECEIVE_PACK or request.method != "POST":
+            return answer
+
+        def then_tell() -> Iterator[bytes]:
+            try:
+                yield from answer.body
+            finally:
+                self._changed()  # whatever the push changed (or not): listeners compare for themselves
+
+        return githttp.Response(answer.status, answer.headers, then_tell())
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
     # -- refs ----------------------------------------------------------------
 
     def _view(self) -> rules.View:
@@ -355,6 +385,7 @@ class Store:
         def attempt() -> bool:
             result = self._git("update-ref", "--no-deref", name, str(target), ZERO_OID, check=False)
             if result.returncode == 0:
+                self._changed()
                 return True
             if "reference already exists" in result.stderr:
                 return False

@@ -8,4 +8,4 @@ def install(app, store, settings) -> None:
     @app.get("/v1")
     def get_version():
         return json_response(200, {"name": "wogit", "version": __version__, "api": "v1",
-                                   **app.gate.describe()})
+                                   **app.gate.describe(), "replication": app.replication.summary()})
