@@ -67,3 +67,27 @@ def test_sigterm_finishes_the_upload_in_flight(tmp_path):
         assert requests.put(again.url + "/blobs/upload", data=body).status_code == 409
     finally:
         again.stop()
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "wogit", "serve", "--data", str(tmp_path / "r.git"),
+                                 "--port", str(port)], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"wogit: cannot listen on 127.0.0.1:{port}: ")
+    assert result.stderr.splitlines()[-1].endswith("(another server there? --port 0 picks a free one)")
+
+
+def test_sigterm_stops_a_server_whose_output_is_gone(tmp_path):
+    """`wogit serve ... | head -1`: stdout and stderr closed; SIGTERM must still stop it."""
+    proc = subprocess.Popen([sys.executable, "-m", "wogit", "serve", "--data", str(tmp_path / "r.git"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert b"serving" in proc.stdout.readline()
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

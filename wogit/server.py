@@ -218,11 +218,15 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     server = build_server(settings, store, gate, replication)
     if replication.replica is not None and replication.replica.fetch():  # a first copy before serving
         log.info("replica of %s: fetched", redact(replication.replica.primary))
+    try:
+        server.prepare()
+    except OSError as exc:
+        raise SystemExit(f"wogit: cannot listen on {settings.host}:{settings.port}: "
+                         f"{exc.args[0] if exc.args else exc} (another server there? --port 0 picks a free one)") from None
     replication.start()
-    server.prepare()
     host, port = server.bind_addr[:2]
     scheme = "https" if server.ssl_adapter else "http"
-    print(f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}", flush=True)
+    _say(f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}", sys.stdout)
     if not gate.policy.requires_auth:
         log.warning("no user file: the registry is OPEN, anyone who can connect may read and write "
                     "(wogit serve --auth-file FILE or --config FILE to require logins)")
@@ -235,8 +239,16 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
         if not worker.is_alive():
             log.error("the server loop stopped unexpectedly")
             return 1
-    print("wogit: shutting down, finishing requests in flight", file=sys.stderr, flush=True)
+    _say("wogit: shutting down, finishing requests in flight", sys.stderr)
     server.stop()
     worker.join()
     replication.stop()
     return 0
+
+
+def _say(line: str, stream) -> None:
+    """Print a line; a closed or broken stream (``wogit serve | head -1``) must not stop a shutdown."""
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass
