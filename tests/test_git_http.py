@@ -219,3 +219,18 @@ def test_pushes_name_the_user_to_hooks_and_never_pass_credentials(guarded, tmp_p
     text = log.read_text()
     assert "alice-pw" not in text and "Basic " not in text and "AUTHORIZATION" not in text.upper().replace(
         "REMOTE_USER", "")
+
+
+def test_a_push_body_cut_short_is_a_client_error_and_changes_nothing(fresh_server):
+    from conftest import json_body_of, raw_request, status_of
+
+    srv = fresh_server()
+    srv.push("osm/city/v1", MAP_DATA, CONFIG)
+    before = refs(srv.data)
+    answer = raw_request(srv.url, b"POST /_git/git-receive-pack HTTP/1.1\r\nHost: t\r\n"
+                                  b"Content-Type: application/x-git-receive-pack-request\r\n"
+                                  b"Content-Length: 1000\r\n\r\n0123456789", shutdown_write=True)
+    assert status_of(answer) == 400
+    assert json_body_of(answer) == {"msg": "the git request ended after 10 of 1000 bytes"}
+    assert refs(srv.data) == before
+    assert "Traceback" not in srv.log_text()

@@ -74,12 +74,15 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(["git", "http-backend"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=stderr, cwd=git_dir, start_new_session=True)
-    feeder = threading.Thread(target=_feed, args=(proc, body), name="wogit-git-feed", daemon=True)
+    failed: list[Exception] = []  # what went wrong reading the request body, if anything
+    feeder = threading.Thread(target=_feed, args=(proc, body, failed), name="wogit-git-feed", daemon=True)
     feeder.start()
     try:
         status, headers = _cgi_headers(proc.stdout)
     except BaseException:
         _finish(proc, feeder, stderr, kill=True)
+        if failed and isinstance(failed[0], errors.WogitError):
+            raise failed[0] from None  # a body cut short or too large: the client's fault, said so
         raise
     # A push whose client goes away after sending it still runs to its end: stopping
     # receive-pack midway could leave some of its refs updated and others not.
@@ -111,7 +114,7 @@ def _environment(git_dir: str, request: Request, allow_push: bool) -> dict[str, 
     return env
 
 
-def _feed(proc: subprocess.Popen, body: objects.Reader | None) -> None:
+def _feed(proc: subprocess.Popen, body: objects.Reader | None, failed: list[Exception]) -> None:
     """Copy the request body to the backend; on a broken body, stop the backend (no half push)."""
     try:
         while body is not None and (chunk := body.read(CHUNK)):
@@ -119,7 +122,8 @@ def _feed(proc: subprocess.Popen, body: objects.Reader | None) -> None:
         proc.stdin.close()
     except BrokenPipeError:
         pass  # the backend has answered without reading everything (e.g. an error)
-    except Exception:
+    except Exception as exc:
+        failed.append(exc)
         _kill(proc)
 
 
