@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -91,8 +92,29 @@ class _Request(cheroot_server.HTTPRequest):
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
     unread_body = False
+    handshaken = False
     LINGER_SECONDS = 5.0
     LINGER_BYTES = 64 << 20
+
+    def communicate(self) -> bool:
+        """Serve requests; first, on a TLS connection, its handshake (here, in a worker thread)."""
+        if not self.handshaken and isinstance(self.socket, ssl.SSLSocket):
+            try:
+                self.socket.do_handshake()
+            except ssl.SSLError as exc:
+                if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
+                    body = json.dumps({"msg": "this port speaks HTTPS only: use https://"}).encode() + b"\n"
+                    head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                    try:
+                        socket.socket.sendall(self.socket, head + body)  # the raw socket, not TLS
+                    except OSError:
+                        pass
+                return False
+            except OSError:
+                return False
+            self.handshaken = True
+        return super().communicate()
 
     def close(self) -> None:
         """Close; after an answer to a body left unread, linger to read (and drop) what is
@@ -111,6 +133,20 @@ class _Connection(cheroot_server.HTTPConnection):
             except OSError:
                 pass
         super().close()
+
+
+class _LazyTLS(BuiltinSSLAdapter):
+    """cheroot's TLS adapter, without the handshake in the accept loop.
+
+    cheroot shakes hands in its one accept thread, so a client that connects and
+    sends nothing stops every new connection for the whole timeout (cheroot
+    issue #748).  Here the socket is only wrapped; the handshake happens in a
+    worker once the client has sent its first bytes (``_Connection.communicate``).
+    """
+
+    def wrap(self, sock):
+        tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return tls, {"wsgi.url_scheme": "https", "HTTPS": "on"}
 
 
 class _Server(wsgi.Server):
@@ -202,7 +238,7 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
         if not (settings.tls_cert and settings.tls_key):
             raise SystemExit("wogit: HTTPS needs both --tls-cert and --tls-key")
         try:
-            server.ssl_adapter = BuiltinSSLAdapter(settings.tls_cert, settings.tls_key)
+            server.ssl_adapter = _LazyTLS(settings.tls_cert, settings.tls_key)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise SystemExit(f"wogit: cannot use --tls-cert {settings.tls_cert} and --tls-key "
                              f"{settings.tls_key}: {exc.strerror or exc}") from None
