@@ -24,9 +24,10 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+import requests
 
 import wogit
-from conftest import TEST_CONFIG, TEST_MAP, git, git_blob_id, index_tree_id, refs, sha256
+from conftest import TEST_CONFIG, TEST_MAP, fsck, git, git_blob_id, index_tree_id, refs, sha256
 
 MAP_HEADER = "Wo-Map-Digest"
 CONFIG_HEADER = "Wo-Config-Digest"
@@ -833,3 +834,27 @@ def test_invalid_tag_names_are_400(server, unique, uploaded, name):
     assert refs(server.data) == before
     assert f"refs/wo/{unique}/m/metadata" not in refs(server.data)
     assert stray_files(server.data) == []
+
+
+def test_metadata_limits_1000_keys_and_1_mib(fresh_server):
+    srv = fresh_server()
+    srv.push("osm/big/v1")
+    url = srv.url + "/osm/big/metadata"
+    reply = requests.put(url, data=" ".join(f"k{i}=v" for i in range(1001)))
+    assert (reply.status_code, reply.json()) == (400, {"msg": "a map may have at most 1000 metadata keys, not 1001"})
+    assert requests.put(url, data=" ".join(f"k{i}=v" for i in range(999))).status_code == 200
+    reply = requests.put(url, data="k999=v extra=v")  # merged: 1001 keys
+    assert (reply.status_code, reply.json()) == (400, {"msg": "a map may have at most 1000 metadata keys, not 1001"})
+    assert requests.put(url, data="k999=v").status_code == 200
+    assert len(requests.get(url).text.splitlines()) == 1000
+    # size: the whole metadata file, as GET writes it, at most 1 MiB
+    srv.push("osm/wide/v1")
+    url = srv.url + "/osm/wide/metadata"
+    half = "x" * (600 << 10)
+    assert requests.put(url, data="a=" + half).status_code == 200
+    reply = requests.put(url, data="b=" + half)
+    total = 2 * (len("a=") + len(half) + 1)
+    assert (reply.status_code, reply.json()) == (400, {
+        "msg": f"a map's metadata may be at most {1 << 20} bytes in all (as GET .../metadata writes it), not {total}"})
+    assert requests.get(url).text == "a=" + half + "\n"
+    fsck(srv.data)

@@ -78,11 +78,8 @@ def test_git_doc_commands_write_mirror_back_up_and_restore(fresh_server, tmp_pat
 
     # Backup and restore, with /backup and /srv/wogit under this test's directory.
     backup = git_doc_block("## 7. Backup and restore").replace("/backup", str(tmp_path / "backup"))
-    lines = backup.splitlines()
     (tmp_path / "backup").mkdir()
-    run_sh(lines[0], tmp_path, env)  # over HTTP
-    run_sh(lines[2], tmp_path, env)  # incremental fetch
-    run_sh(lines[3], tmp_path, env)  # the bundle
+    run_sh(backup, tmp_path, env)  # over HTTP, the incremental fetch, the bundle, the hooks
     fsck(tmp_path / "backup" / "registry.git")
     restore = git_doc_block("A push mirror (section 5)").replace("/backup", str(tmp_path / "backup")).replace(
         "/srv/wogit", str(tmp_path / "srv"))

@@ -113,6 +113,7 @@ def test_hooks_are_installed_on_creation_and_by_init_idempotently(tmp_path):
     result = wogit("init", "--data", str(mirror))
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
+        "set core.fsync=all", "set receive.fsckObjects=true", "set core.logAllRefUpdates=false",
         f"kept the existing pre-receive hook as {mirror}/hooks/pre-receive.d/00-original",
         f"installed {mirror}/hooks/pre-receive",
         f"checked the registry repository {mirror}; its hooks are installed"]
@@ -166,6 +167,10 @@ def _cases(client: Client, registry: Server) -> list[tuple[str, list[str], str]]
     bad_key_meta = meta([("100644", "bad key!", value)], meta_head)
     control_meta = meta([("100644", "k", client.blob(b"a\x07b"))], meta_head)
     latin1_meta = meta([("100644", "k", client.blob(b"caf\xe9"))], meta_head)
+    space_meta = meta([("100644", "desc", client.blob(b"harmless injected=evil"))], meta_head)
+    many_meta = meta([("100644", f"k{i}", value) for i in range(1001)], meta_head)
+    big_meta = meta([("100644", "big", client.blob(b"x" * (1 << 20)))], meta_head)
+    hidden_meta = meta([("100644", "k", value)], meta([("100644", "bad key!", value)], meta_head))
     dir_meta = meta([("040000", "sub", client.tree(("100644", "k", value)))], meta_head)
     unrelated_meta = meta([("100644", "k", value)])
     outside = "outside the registry's namespaces"
@@ -216,6 +221,14 @@ def _cases(client: Client, registry: Server) -> list[tuple[str, list[str], str]]
         ("a control character in a value", [f"{control_meta}:refs/wo/_metadata/osm/city"],
          "contains the control or line-separator character U+0007"),
         ("a value that is not UTF-8", [f"{latin1_meta}:refs/wo/_metadata/osm/city"], "the value of 'k' is not UTF-8"),
+        ("a space in a value (it would not read back)", [f"{space_meta}:refs/wo/_metadata/osm/city"],
+         "value of 'desc' contains a space (U+0020), which separates pairs"),
+        ("more than 1000 keys", [f"{many_meta}:refs/wo/_metadata/osm/city"],
+         "a map may have at most 1000 metadata keys, not 1001"),
+        ("more than 1 MiB of metadata", [f"{big_meta}:refs/wo/_metadata/osm/city"],
+         f"a map's metadata may be at most {1 << 20} bytes in all (as GET .../metadata writes it), not "),
+        ("a bad commit hidden under a good one", [f"{hidden_meta}:refs/wo/_metadata/osm/city"],
+         "invalid metadata key 'bad key!'"),
         ("a directory in metadata", [f"{dir_meta}:refs/wo/_metadata/osm/city"], "metadata entry 'sub' is not a file"),
         ("metadata that loses history", [f"+{unrelated_meta}:refs/wo/_metadata/osm/city"], "not a fast-forward"),
         ("metadata for a map with no tag", [f"{unrelated_meta}:refs/wo/_metadata/osm/nowhere"],
@@ -250,7 +263,7 @@ def test_a_valid_push_is_accepted_and_served_at_once(registry, client):
     tag = client.tag_commit(m, c, md, cd, "osm/test-area/v1")
     head = refs(registry.data)["refs/wo/_metadata/osm/city"]
     metadata = client.commit(client.tree(("100644", "license", client.blob(b"ODbL-1.0")),
-                                         ("100644", "source", client.blob(b"git push"))), "set source", head)
+                                         ("100644", "source", client.blob(b"git-push"))), "set source", head)
     new_map_meta = client.commit(client.tree(("100644", "area", client.blob(b"test"))), "set area")
     result = client.push(f"{client.index('map', m)}:refs/wo/_maps/sha256/{md[7:]}",
                          f"{client.index('config', c)}:refs/wo/_configs/sha256/{cd[7:]}",
@@ -265,10 +278,10 @@ def test_a_valid_push_is_accepted_and_served_at_once(registry, client):
         assert archive.extractfile("map").read() == map_data
         assert archive.extractfile("config").read() == config
         assert archive.extractfile("metadata").read() == b"area=test\n"
-    assert requests.get(registry.url + "/osm/city/metadata/source").text == "git push"
+    assert requests.get(registry.url + "/osm/city/metadata/source").text == "git-push"
     # The HTTP API goes on from what was pushed: metadata merges onto the pushed commit.
     assert requests.put(registry.url + "/osm/city/metadata", data=b"more=1").status_code == 200
-    assert requests.get(registry.url + "/osm/city/metadata").text == "license=ODbL-1.0\nmore=1\nsource=git push\n"
+    assert requests.get(registry.url + "/osm/city/metadata").text == "license=ODbL-1.0\nmore=1\nsource=git-push\n"
     # Uploading the pushed map over HTTP finds it there.
     assert requests.put(registry.url + "/blobs/upload", data=map_data).status_code == 409
     fsck(registry.data)
@@ -410,3 +423,29 @@ def test_a_validator_that_is_not_executable_is_no_check(fresh_server):
     path.chmod(0o755)
     reply = requests.put(srv.url + "/blobs/upload", data=b"anything else")
     assert reply.status_code == 422 and reply.json() == {"msg": "wo-validate-map refused it (exit status 1)"}
+
+
+def test_init_gives_an_existing_repository_the_registry_settings(fresh_server, tmp_path):
+    """A plain mirror (a restored backup) made a registry by `wogit init`: objects pushed into it are
+    checked like the original's, refs and objects synced."""
+    source = fresh_server()
+    source.push("osm/city/v1", MAP_DATA, CONFIG)
+    mirror = tmp_path / "restored.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", f"file://{source.data}", str(mirror)], check=True)
+    assert git(mirror, "config", "--get", "receive.fsckObjects", check=False).stdout == ""
+    assert wogit("init", "--data", str(mirror)).returncode == 0
+    for key, value in (("core.fsync", "all"), ("receive.fsckObjects", "true"), ("core.logAllRefUpdates", "false")):
+        assert git(mirror, "config", "--get", key).stdout == value + "\n", key
+    # A tag commit without an author line: git's own object check refuses it.
+    client = Client(tmp_path / "client.git", mirror)
+    m, c = client.blob(MAP_DATA), client.blob(CONFIG)
+    tree = client.tree(("100644", "config", c), ("100644", "map", m))
+    raw = (f"tree {tree}\ncommitter t <t@example.com> 1700000000 +0000\n\n"
+           f"tag osm/city/v2\n\nmap_digest: {sha256(MAP_DATA)}\nconfig_digest: {sha256(CONFIG)}\n").encode()
+    bad = client.run("hash-object", "-t", "commit", "-w", "--literally", "--stdin", data=raw)
+    before = refs(mirror)
+    result = client.push(f"{bad}:refs/wo/osm/city/v2")
+    assert result.returncode != 0
+    assert "missingAuthor" in result.stderr
+    assert refs(mirror) == before
+    fsck(mirror)

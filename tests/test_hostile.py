@@ -137,3 +137,38 @@ def test_incompressible_map_tarball_is_identical_loose_packed_and_mirrored(fresh
     subprocess.run(["git", "clone", "--quiet", "--mirror", f"file://{srv.data}", str(mirror)], check=True)
     mirrored = requests.get(fresh_server(mirror).url + "/r/m/v1").content
     assert loose == packed == mirrored
+
+
+@pytest.mark.parametrize("request_bytes, status, msg", [
+    (b"PUT /configs/upload HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n", 400,
+     "Transfer-Encoding needs HTTP/1.1"),
+    (b"PUT /configs/upload HTTP/1.1\r\nContent-Length: 3\r\n\r\na=1", 400, "an HTTP/1.1 request needs a Host header"),
+    (b"PUT /configs/upload HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\na=1", 417,
+     "cannot meet Expect: 200-ok"),
+    (b"GET /v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YTpi\r\nAuthorization: Basic Yzpk\r\n\r\n", 400,
+     "the header Authorization is repeated"),
+    (b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nWo-Map-Digest: sha256:" + b"a" * 64 + b"\r\nWo-Map-Digest: sha256:"
+     + b"b" * 64 + b"\r\nContent-Length: 3\r\n\r\nabc", 400, "the header Wo-Map-Digest is repeated"),
+])
+def test_requests_two_readers_could_read_differently_are_refused(fresh_server, request_bytes, status, msg):
+    """A body that would be dropped unseen (HTTP/1.0 and chunked), a missing Host, an unknown
+    expectation, a repeated credential or digest: refused, nothing stored."""
+    srv = fresh_server()
+    raw = raw_request(srv.url, request_bytes)
+    assert status_of(raw) == status
+    assert responses_in(raw) == [status]
+    assert json_body_of(raw) == {"msg": msg}
+    assert refs(srv.data) == {}
+
+
+def test_the_access_log_cannot_be_forged(fresh_server):
+    srv = fresh_server()
+    forged = "2026-12-04 00:00:00,000 wogit.access INFO 10.0.0.9 alice PUT /osm/forged/v1 201"
+    raw = raw_request(srv.url, b"GET /x%0a" + forged.replace(" ", "%20").encode() + b"%0a%1b[31mRED%00 HTTP/1.1\r\n"
+                      b"Host: x\r\nConnection: close\r\n\r\n")
+    assert status_of(raw) == 404
+    srv.stop()
+    lines = [line for line in srv.log_text().splitlines() if "wogit.access" in line]
+    assert not [line for line in lines if line.startswith("2026-12-04 00:00:00,000")]
+    assert lines[-1].endswith(" 127.0.0.1 - GET /x%0A2026-12-04%2000:00:00,000%20wogit.access%20INFO%2010.0.0.9%20"
+                              "alice%20PUT%20/osm/forged/v1%20201%0A%1B[31mRED%00 404")

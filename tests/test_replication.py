@@ -183,3 +183,16 @@ def test_replication_settings_are_checked_at_start(tmp_path):
     assert result.stderr.strip().endswith("wogit: --replica-of needs the primary's http(s):// base URL, not 'primary:8080'")
     result = start("--replica-of", "http://127.0.0.1:9", "--push-mirror", "/tmp/x.git")
     assert result.stderr.strip().endswith("wogit: a replica takes no writes: it has no push mirrors and notifies no replicas")
+
+
+def test_a_push_mirror_to_a_guarded_registry_sends_the_urls_credentials(fresh_server, tmp_path):
+    make_users(tmp_path / "users.htpasswd", {"pusher": "pusher:pw ü"})
+    (tmp_path / "target.toml").write_text('[auth]\nhtpasswd = "users.htpasswd"\n[access]\npusher = { "*" = "admin" }\n')
+    target = fresh_server(None, "--config", str(tmp_path / "target.toml"))
+    url = target.url.replace("http://", "http://pusher:pusher%3Apw%20%C3%BC@") + "/_git"
+    primary = fresh_server(None, "--push-mirror", url)
+    primary.push("osm/city/v1", MAP_DATA, CONFIG)
+    wait_for(lambda: refs(target.data) == refs(primary.data), 20, "the guarded mirror catching up")
+    status = requests.get(primary.url + "/_status").json()["push_mirrors"][0]
+    assert status["url"] == target.url.replace("http://", "http://pusher:***@") + "/_git"
+    assert "pusher:pw" not in primary.log_text() and "pusher%3Apw" not in primary.log_text()

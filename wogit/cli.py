@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                        help=f"seconds between a replica's fetches (WOGIT_REPLICA_INTERVAL; default {defaults.replica_interval:g})")
     serve.add_argument("--push-mirror", dest="push_mirrors", action="append", metavar="REMOTE",
                        help="a git remote (URL or path) that gets every change pushed; repeatable (WOGIT_PUSH_MIRRORS)")
+    serve.add_argument("--mirror-interval", type=float, metavar="SECONDS",
+                       help=f"seconds between checks for changes to push to the mirrors, such as git pushes "
+                            f"(WOGIT_MIRROR_INTERVAL; default {defaults.mirror_interval:g})")
     serve.add_argument("--notify", action="append", metavar="URL",
                        help="a replica's base URL, told to fetch after every write; repeatable (WOGIT_NOTIFY)")
     init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
@@ -89,7 +92,7 @@ def _serve(args) -> int:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
         "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
-        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "notify")}
+        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify")}
     flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}
@@ -97,12 +100,12 @@ def _serve(args) -> int:
 
 
 def _init(args) -> int:
-    from wogit import serverhooks, store
+    from wogit import store
 
     data = os.path.abspath(Settings.from_env(data=args.data).data)
     created = not os.path.isfile(os.path.join(data, "HEAD"))
-    store.init(data)
-    for line in serverhooks.install(data):
-        print(line)
+    for line in store.init(data):
+        if not created:
+            print(line)
     print(f"{'created' if created else 'checked'} the registry repository {data}; its hooks are installed")
     return 0

@@ -50,6 +50,7 @@ DIGEST_MISMATCH = _declare("DIGEST_MISMATCH", 400, "the uploaded bytes do not ha
 BODY_EMPTY = _declare("BODY_EMPTY", 400, "the request body is empty")
 BODY_INVALID = _declare("BODY_INVALID", 400, "the request body is not of the documented form")
 BODY_INCOMPLETE = _declare("BODY_INCOMPLETE", 400, "the request body ended before its announced length")
+METADATA_TOO_LARGE = _declare("METADATA_TOO_LARGE", 400, "the map's metadata would exceed 1000 keys or 1 MiB in all")
 BAD_REQUEST = _declare("BAD_REQUEST", 400, "the request is malformed")
 NOT_FOUND = _declare("NOT_FOUND", 404, "no such resource")
 BLOB_UNKNOWN = _declare("BLOB_UNKNOWN", 404, "a tag names a digest that is malformed or was not uploaded as that kind")

@@ -15,7 +15,9 @@ from cheroot import server as cheroot_server
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_SINGLE = {b"Content-Length", b"Transfer-Encoding", b"Host", b"Expect"}
+# Headers that may come once: a second one would let two readers (a proxy, us) disagree.
+_SINGLE = {b"Content-Length", b"Transfer-Encoding", b"Host", b"Expect", b"Authorization",
+           b"Wo-Map-Digest", b"Wo-Config-Digest"}
 MAX_LINE = 8192
 MAX_TRAILERS = 64
 

@@ -19,6 +19,12 @@ from wogit import errors, names
 _SEPARATORS = re.compile(r"[ \t\r\n\f\v]+")
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 
+#: Limits of one map's metadata, the same for every way in (HTTP and git pushes): at most
+#: MAX_KEYS keys, and the whole metadata file (``serialise``) at most MAX_BYTES, so that it
+#: always fits in one ``PUT .../metadata`` body and is cheap to read and archive.
+MAX_KEYS = 1000
+MAX_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -27,9 +33,23 @@ class Parsed:
 
 
 def check_value(key: str, value: str) -> None:
+    """A value must read back as itself: no control or line-separator character, and no
+    ASCII space (the text form separates pairs with whitespace)."""
     for ch in value:
         if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
             raise errors.BODY_INVALID(f"value of {key!r} contains the control or line-separator character U+{ord(ch):04X}")
+        if ch == " ":
+            raise errors.BODY_INVALID(f"value of {key!r} contains a space (U+0020), which separates pairs")
+
+
+def check_limits(sizes: dict[str, int]) -> None:
+    """METADATA_TOO_LARGE unless metadata of these keys and value sizes (bytes) is within limits."""
+    if len(sizes) > MAX_KEYS:
+        raise errors.METADATA_TOO_LARGE(f"a map may have at most {MAX_KEYS} metadata keys, not {len(sizes)}")
+    total = sum(len(key.encode()) + size + 2 for key, size in sizes.items())
+    if total > MAX_BYTES:
+        raise errors.METADATA_TOO_LARGE(f"a map's metadata may be at most {MAX_BYTES} bytes in all "
+                                        f"(as GET .../metadata writes it), not {total}")
 
 
 def parse(text: str) -> Parsed:

@@ -97,6 +97,23 @@ def _error(result: subprocess.CompletedProcess) -> str:
     return " / ".join(lines[-3:]) or f"exit status {result.returncode}"
 
 
+def _credentials_env(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its user and password, and the environment that gives them to git
+    (an Authorization header in git's config from the environment: no command line shows it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.username is None:
+        return url, {}
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), _basic_env(user, password)
+
+
+def _basic_env(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"}
+
+
 class Replica(_Worker):
     """This registry as a read replica of ``primary`` (its base URL)."""
 
@@ -107,11 +124,8 @@ class Replica(_Worker):
         self.primary = primary.rstrip("/")
         self.remote = self.primary + "/_git"
         self._env = {"GIT_TERMINAL_PROMPT": "0"}
-        if user:
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            # In the environment, not the command line: other users' `ps` cannot see it.
-            self._env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                              "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+        if user:  # in the environment, not the command line: other users' `ps` cannot see it
+            self._env.update(_basic_env(user, password or ""))
         self._lock = threading.Lock()
         self.last_success: float | None = None  # start time of the last successful fetch
         self.last_attempt: float | None = None
@@ -159,6 +173,8 @@ class PushMirror(_Worker):
         super().__init__(f"wogit-mirror-{redact(url)}", interval)
         self.git_dir = git_dir
         self.url = url
+        self.remote, credentials = _credentials_env(url)
+        self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials}
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self.backoff = 0.0  # seconds between retries after a failure; 0 while healthy
         self.retry_at = 0.0  # no attempt before this (time.monotonic()), whatever pokes arrive
@@ -179,8 +195,7 @@ class PushMirror(_Worker):
         if state == self.pushed_state:
             return
         self.last_attempt = time.time()
-        result = _git(self.git_dir, "push", "--porcelain", "--prune", self.url, REFSPEC,
-                      env={"GIT_TERMINAL_PROMPT": "0"})
+        result = _git(self.git_dir, "push", "--porcelain", "--prune", self.remote, REFSPEC, env=self._env)
         if result.returncode == 0:
             self.pushed_state, self.last_success, self.last_error, self.backoff = state, time.time(), None, 0.0
             self.pushes += 1

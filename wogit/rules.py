@@ -65,9 +65,10 @@ class View(Protocol):
     def ref(self, name: str) -> str | None: ...
     def refs(self, prefix: str) -> dict[str, str]: ...
     def kind(self, oid: str) -> str | None: ...  # "blob", "tree", "commit", "tag"; None if missing
+    def headers(self, oids: list[str]) -> dict[str, tuple[str, int]]: ...  # kind and size; missing ones left out
     def commit(self, oid: str) -> Commit: ...
     def tree(self, oid: str) -> list[Entry]: ...
-    def blob(self, oid: str) -> bytes: ...  # small blobs only (metadata values)
+    def blobs(self, oids: list[str]) -> dict[str, bytes]: ...  # small blobs only (metadata values)
     def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]: ...  # streamed
     def new_commits(self, old: str, new: str) -> list[str]: ...  # new, not reachable from old
     def is_ancestor(self, old: str, new: str) -> bool: ...
@@ -186,17 +187,37 @@ def _check_metadata(change: Change, name: names.MetadataName, view: View, after:
         raise _Broken("not a fast-forward: the new metadata commit must descend from the current one "
                       "(fetch, rebase your change on it, push again)")
     for oid in view.new_commits(change.old, change.new):
-        for entry in view.tree(view.commit(oid).tree):
-            if entry.mode != BLOB_MODE or view.kind(entry.oid) != "blob":
-                raise _Broken(f"commit {oid}: metadata entry {entry.name!r} is not a file")
-            if not names.is_key(entry.name):
-                raise _Broken(f"commit {oid}: invalid metadata key {entry.name!r}: must match {names.KEY_RULE}")
-            try:
-                metadata.check_value(entry.name, view.blob(entry.oid).decode("utf-8"))
-            except UnicodeDecodeError:
-                raise _Broken(f"commit {oid}: the value of {entry.name!r} is not UTF-8") from None
-            except errors.WogitError as exc:
-                raise _Broken(f"commit {oid}: {exc.msg}") from None
+        commit = view.commit(oid)
+        # Entries the first parent has too were checked with it (a new commit, or the valid current one).
+        known = set(view.tree(view.commit(commit.parents[0]).tree)) if commit.parents else set()
+        try:
+            _check_metadata_tree(view.tree(commit.tree), known, view)
+        except _Broken as broken:
+            raise _Broken(f"commit {oid}: {broken}") from None
+
+
+def _check_metadata_tree(entries: list[Entry], known: set[Entry], view: View) -> None:
+    if len(entries) > metadata.MAX_KEYS:  # before reading any of them
+        raise _Broken(f"a map may have at most {metadata.MAX_KEYS} metadata keys, not {len(entries)}")
+    headers = view.headers([e.oid for e in entries])
+    for entry in entries:
+        if entry.mode != BLOB_MODE or headers.get(entry.oid, ("",))[0] != "blob":
+            raise _Broken(f"metadata entry {entry.name!r} is not a file")
+        if not names.is_key(entry.name):
+            raise _Broken(f"invalid metadata key {entry.name!r}: must match {names.KEY_RULE}")
+    try:
+        metadata.check_limits({e.name: headers[e.oid][1] for e in entries})
+    except errors.WogitError as exc:
+        raise _Broken(exc.msg) from None
+    fresh = [e for e in entries if e not in known]
+    values = view.blobs([e.oid for e in fresh])
+    for entry in fresh:
+        try:
+            metadata.check_value(entry.name, values[entry.oid].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _Broken(f"the value of {entry.name!r} is not UTF-8") from None
+        except errors.WogitError as exc:
+            raise _Broken(exc.msg) from None
 
 
 def _object(view: View, oid: str, kind: str, what: str) -> Commit:
@@ -232,8 +253,20 @@ class GitView:
         return {ref: oid for ref, oid in self._all_refs().items() if ref.startswith(prefix)}
 
     def kind(self, oid: str) -> str | None:
-        result = self._git("cat-file", "-t", oid)
-        return result.stdout.strip() if result.returncode == 0 else None
+        return self.headers([oid]).get(oid, (None,))[0]
+
+    def headers(self, oids: list[str]) -> dict[str, tuple[str, int]]:
+        if not oids:
+            return {}
+        out = subprocess.run(["git", "--git-dir", self.git_dir, "cat-file", "--batch-check"],
+                             input="".join(f"{oid}\n" for oid in oids), capture_output=True, text=True,
+                             env=self.env, check=False).stdout
+        found = {}
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 3:  # "<oid> missing" otherwise
+                found[fields[0]] = (fields[1], int(fields[2]))
+        return found
 
     def commit(self, oid: str) -> Commit:
         raw = self._git("cat-file", "commit", oid, data=True).stdout.decode("utf-8", "replace")
@@ -252,8 +285,22 @@ class GitView:
             at = nul + 21
         return entries
 
-    def blob(self, oid: str) -> bytes:
-        return self._git("cat-file", "blob", oid, data=True).stdout
+    def blobs(self, oids: list[str]) -> dict[str, bytes]:
+        if not oids:
+            return {}
+        out = subprocess.run(["git", "--git-dir", self.git_dir, "cat-file", "--batch"],
+                             input="".join(f"{oid}\n" for oid in oids).encode(), capture_output=True,
+                             env=self.env, check=True).stdout
+        found, at = {}, 0
+        while at < len(out):
+            end = out.index(b"\n", at)
+            fields = out[at:end].decode().split(" ")
+            if len(fields) != 3:  # "<oid> missing"
+                at = end + 1
+                continue
+            found[fields[0]] = out[end + 1:end + 1 + int(fields[2])]
+            at = end + 1 + int(fields[2]) + 1  # the object, then a newline
+        return found
 
     def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]:
         sha256 = hashlib.sha256()
@@ -297,11 +344,17 @@ class Pygit2View:
         return None if ref is None else str(ref.target)
 
     def kind(self, oid: str) -> str | None:
-        try:
-            kind, _ = self.repo.odb.read_header(oid)
-        except (KeyError, ValueError):
-            return None
-        return {1: "commit", 2: "tree", 3: "blob", 4: "tag"}.get(int(kind))
+        return self.headers([oid]).get(oid, (None,))[0]
+
+    def headers(self, oids: list[str]) -> dict[str, tuple[str, int]]:
+        found = {}
+        for oid in oids:
+            try:
+                kind, size = self.repo.odb.read_header(oid)
+            except (KeyError, ValueError):
+                continue
+            found[oid] = ({1: "commit", 2: "tree", 3: "blob", 4: "tag"}.get(int(kind), "?"), size)
+        return found
 
     def commit(self, oid: str) -> Commit:
         commit = self.repo[oid]
@@ -310,8 +363,8 @@ class Pygit2View:
     def tree(self, oid: str) -> list[Entry]:
         return [Entry(int(e.filemode), e.name, str(e.id)) for e in self.repo[oid]]
 
-    def blob(self, oid: str) -> bytes:
-        return self.repo[oid].data
+    def blobs(self, oids: list[str]) -> dict[str, bytes]:
+        return {oid: self.repo[oid].data for oid in oids}
 
     def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]:
         raise NotImplementedError("the HTTP API hashes uploads as it stores them")

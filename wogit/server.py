@@ -44,6 +44,16 @@ class _Request(cheroot_server.HTTPRequest):
             return self._refuse("a request may not carry both Content-Length and Transfer-Encoding")
         if length is not None and not length.isdigit():
             return self._refuse(f"invalid Content-Length {length.decode('latin-1')!r}")
+        if b"Transfer-Encoding" in self.inheaders and self.request_protocol != b"HTTP/1.1":
+            # cheroot reads no chunked body before HTTP/1.1: the body would be lost unseen.
+            return self._refuse("Transfer-Encoding needs HTTP/1.1")
+        if self.request_protocol == b"HTTP/1.1" and b"Host" not in self.inheaders:
+            return self._refuse("an HTTP/1.1 request needs a Host header")
+        expect = self.inheaders.get(b"Expect")
+        if expect is not None and expect.lower() != b"100-continue":
+            self.close_connection = True
+            self.simple_response("417 Expectation Failed", f"cannot meet Expect: {expect.decode('latin-1')}")
+            return False
         return True
 
     def _refuse(self, msg: str) -> bool:
@@ -166,14 +176,24 @@ class _Server(wsgi.Server):
 
 
 def access_log(app):
-    """WSGI middleware: one line per request, naming the user; never credentials."""
+    """WSGI middleware: one line per request, naming the user; never credentials.
+
+    The method and path are the client's bytes: they are written %-escaped (anything
+    but printable ASCII), so no request can split a line or forge one."""
     def logged(environ, start_response):
         def start(status, headers, exc_info=None):
             access.info("%s %s %s %s %s", environ.get("REMOTE_ADDR", "-"), environ.get(USER, "-"),
-                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status.split(" ", 1)[0])
+                        _printable(environ.get("REQUEST_METHOD", "")), _printable(environ.get("PATH_INFO", "")),
+                        status.split(" ", 1)[0])
             return start_response(status, headers, exc_info)
         return app(environ, start)
     return logged
+
+
+def _printable(text: str) -> str:
+    """``text`` (WSGI latin-1) with every byte that is not printable ASCII, and '%', %-escaped."""
+    return "".join(ch if "!" <= ch <= "~" and ch != "%" else f"%{ord(ch):02X}"
+                   for ch in text.encode("latin-1", "replace").decode("latin-1"))
 
 
 def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
@@ -259,16 +279,18 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     except OSError as exc:
         raise SystemExit(f"wogit: cannot listen on {settings.host}:{settings.port}: "
                          f"{exc.args[0] if exc.args else exc} (another server there? --port 0 picks a free one)") from None
+    # Before the ready line: a supervisor may send SIGTERM as soon as it has read it.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     replication.start()
     host, port = server.bind_addr[:2]
     scheme = "https" if server.ssl_adapter else "http"
     _say(f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}", sys.stdout)
     if not gate.policy.requires_auth:
-        log.warning("no user file: the registry is OPEN, anyone who can connect may read and write "
-                    "(wogit serve --auth-file FILE or --config FILE to require logins)")
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+        may = "read (writes go to the primary)" if replication.replica else "read and write"
+        log.warning("no user file: the registry is OPEN, anyone who can connect may %s "
+                    "(wogit serve --auth-file FILE or --config FILE to require logins)", may)
     worker = threading.Thread(target=server.serve, name="wogit-serve")
     worker.start()
     while not stopping.wait(0.5):

@@ -161,7 +161,7 @@ def validate(git_dir: str, kind: str, timeout: float, file: str | None, **contex
         return
     name = VALIDATORS[kind]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WO_", "HTTP_"))}
-    env.update({k: v for k, v in context.items() if v is not None})
+    env.update({k: "" if v is None else v for k, v in context.items()})  # WO_USER is "" when anonymous
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen([os.path.join(git_dir, "hooks", name), *([file] if file else [])],
                                 cwd=git_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -256,9 +256,13 @@ class Store:
             if not names.is_key(key):
                 raise errors.NAME_INVALID(f"invalid metadata key {key!r}: must match {names.KEY_RULE}")
             metadata.check_value(key, value)
-        blobs = {key: self.repo.create_blob(value.encode("utf-8")) for key, value in items.items()}
+        values = {key: value.encode("utf-8") for key, value in items.items()}
+        metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
+        blobs = {key: self.repo.create_blob(value) for key, value in values.items()}
 
-        def change(builder: pygit2.TreeBuilder) -> tuple[list[str], str]:
+        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
+            sizes = {entry.name: self.repo.odb.read_header(entry.id)[1] for entry in tree or ()}
+            metadata.check_limits({**sizes, **{key: len(value) for key, value in values.items()}})
             changed = [key for key, oid in blobs.items()
                        if builder.get(key) is None or builder.get(key).id != oid]
             for key in changed:
@@ -274,7 +278,7 @@ class Store:
         if not names.is_key(key):
             raise unknown
 
-        def change(builder: pygit2.TreeBuilder) -> tuple[list[str], str]:
+        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
             if builder.get(key) is None:
                 raise unknown
             builder.remove(key)
@@ -296,8 +300,10 @@ class Store:
         return None
 
     def _change_metadata(self, repository: str, map: str,
-                         change: Callable[[pygit2.TreeBuilder], tuple[list[str], str]]) -> list[str]:
-        """Apply ``change`` to the newest metadata tree as one commit, compare-and-swap, retried."""
+                         change: Callable[[pygit2.TreeBuilder, pygit2.Tree | None], tuple[list[str], str]]
+                         ) -> list[str]:
+        """Apply ``change`` to (a builder of) the newest metadata tree as one commit,
+        compare-and-swap, retried."""
         name = names.metadata_ref(repository, map)
 
         def attempt() -> list[str]:
@@ -305,7 +311,7 @@ class Store:
             ref = repo.references.get(name)
             parent = repo[ref.target] if ref is not None else None
             builder = repo.TreeBuilder(parent.tree) if parent is not None else repo.TreeBuilder()
-            changed, message = change(builder)
+            changed, message = change(builder, parent.tree if parent is not None else None)
             if not changed:
                 return changed
             commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(),
@@ -407,23 +413,35 @@ class Store:
                 return attempt()
             except _Contended as exc:
                 if time.monotonic() > deadline:
-                    raise errors.UNAVAILABLE(f"{exc.ref} stayed locked; retry shortly") from None
+                    raise errors.UNAVAILABLE(f"{exc.ref} stayed locked or kept changing under other writers "
+                                             f"for {self.retry_seconds:g} s; retry shortly") from None
                 _break_stale_lock(self.path, exc.ref)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
 
-def init(path: str) -> None:
-    """Create the bare repository at ``path`` if it is not one yet (idempotent)."""
-    if os.path.isfile(os.path.join(path, "HEAD")):
-        return
-    if os.path.isdir(path) and os.listdir(path):
-        raise SystemExit(f"wogit: {path} exists and is not a bare git repository")
-    repo = pygit2.init_repository(path, bare=True)
-    for key, value in (("core.fsync", "all"), ("receive.fsckObjects", "true"),
-                       ("core.logAllRefUpdates", "false")):
-        repo.config[key] = value
-    serverhooks.install(path)
+#: The registry's git settings: objects and refs synced to disk, pushed objects checked.
+GIT_CONFIG = (("core.fsync", "all"), ("receive.fsckObjects", "true"), ("core.logAllRefUpdates", "false"))
+
+
+def init(path: str) -> list[str]:
+    """Make ``path`` a registry repository: create it if need be, and give it (a mirror made by
+    ``git clone --mirror``, a restored backup) the registry's git settings and hooks.
+    Idempotent; returns what it changed."""
+    done = []
+    if not os.path.isfile(os.path.join(path, "HEAD")):
+        if os.path.isdir(path) and os.listdir(path):
+            raise SystemExit(f"wogit: {path} exists and is not a bare git repository")
+        pygit2.init_repository(path, bare=True)
+    config = pygit2.Repository(path).config
+    for key, value in GIT_CONFIG:
+        if (config[key] if key in config else None) != value:
+            try:
+                config[key] = value
+                done.append(f"set {key}={value}")
+            except pygit2.GitError:  # another process is writing the config (the same values)
+                pass
+    return done + serverhooks.install(path)
 
 
 _CONTENTION = ("failed to lock", "failed to create locked file", "old reference value does not match")
