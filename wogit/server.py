@@ -272,13 +272,13 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     store = Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
     replication = build_replication(settings, store.path)
     server = build_server(settings, store, gate, replication)
-    if replication.replica is not None and replication.replica.fetch():  # a first copy before serving
-        log.info("replica of %s: fetched", redact(replication.replica.primary))
     try:
         server.prepare()
     except OSError as exc:
         raise SystemExit(f"wogit: cannot listen on {settings.host}:{settings.port}: "
                          f"{exc.args[0] if exc.args else exc} (another server there? --port 0 picks a free one)") from None
+    if replication.replica is not None and replication.replica.fetch():  # a first copy before serving
+        log.info("replica of %s: fetched", redact(replication.replica.primary))
     # Before the ready line: a supervisor may send SIGTERM as soon as it has read it.
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

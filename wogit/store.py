@@ -181,8 +181,10 @@ class Store:
             return None
         try:
             tree = self.repo[ref.target]
-            blob = tree[kind].id if isinstance(tree, pygit2.Tree) else None
-            kind_id, _ = self.repo.odb.read_header(blob) if blob is not None else (None, 0)
+            if not isinstance(tree, pygit2.Tree):
+                return None
+            blob = tree[kind].id
+            kind_id, _ = self.repo.odb.read_header(blob)
         except KeyError:
             return None
         return str(blob) if kind_id == pygit2.enums.ObjectType.BLOB else None
