@@ -242,7 +242,7 @@ def build_replication(settings: Settings, git_dir: str) -> Replication:
 def build_server(settings: Settings, store: Store | None = None, gate: Gate | None = None,
                  replication: Replication | None = None) -> wsgi.Server:
     store = store or Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
-    serverhooks.install(store.path, settings.hook_timeout)  # refreshed at every start: idempotent
+    serverhooks.set_timeout(store.path, settings.hook_timeout)  # the Store has installed the hooks
     if replication is not None:
         store.listeners.append(replication.changed)
     app = create_app(settings, store, gate or build_gate(settings), replication)

@@ -39,7 +39,7 @@ MESSAGE_LINES, MESSAGE_CHARS = 10, 2000
 
 # -- installing ------------------------------------------------------------------------------
 
-def install(git_dir: str, timeout: float | None = None) -> list[str]:
+def install(git_dir: str) -> list[str]:
     """Install (or refresh) the registry's hooks in ``git_dir``; idempotent. Returns what changed."""
     hooks = os.path.join(git_dir, "hooks")
     chained = os.path.join(hooks, "pre-receive.d")
@@ -58,9 +58,13 @@ def install(git_dir: str, timeout: float | None = None) -> list[str]:
         os.chmod(temp, 0o755)
         os.replace(temp, target)
         done.append(f"installed {target}")
-    if timeout is not None:
-        subprocess.run(["git", "--git-dir", git_dir, "config", TIMEOUT_KEY, str(timeout)], check=True)
     return done
+
+
+def set_timeout(git_dir: str, timeout: float) -> None:
+    """Keep the validators' timeout in the repository's config, where pushes (the hook) read it too."""
+    if configured_timeout(git_dir) != timeout:
+        subprocess.run(["git", "--git-dir", git_dir, "config", TIMEOUT_KEY, str(timeout)], check=True)
 
 
 def template() -> str:
