@@ -8,8 +8,9 @@ a push.  Only the three smart endpoints are served (``info/refs``,
 ``git-upload-pack``, ``git-receive-pack``); pushes go through the registry's
 ``pre-receive`` hook (``wogit.serverhooks``) like any other push.
 
-The backend never sees the client's credentials: its environment is built here
-from scratch (``REMOTE_USER`` names the authenticated user, for the hooks).
+The backend never sees the client's credentials: its environment is the server's
+own without any ``GIT_*``, ``HTTP_*``, ``WO_*`` or CGI variable, plus the CGI
+variables set here (``REMOTE_USER`` names the authenticated user, for the hooks).
 """
 
 from __future__ import annotations

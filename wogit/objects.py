@@ -42,21 +42,26 @@ def _temp(objects_dir: str, prefix: str) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=prefix, dir=objects_dir)
 
 
-def spool(objects_dir: str, body: Reader) -> tuple[BinaryIO, int]:
-    """Copy a body of unknown length to an unlinked temporary file; return it and its size."""
+def spool(objects_dir: str, body: Reader, named: bool = False) -> tuple[BinaryIO, int, str | None]:
+    """Copy a body to a temporary file; return it (at its start), its size, and its path if
+    ``named`` (for a program to read; the caller removes it), else None (already unlinked)."""
     fd, path = _temp(objects_dir, "tmp_spool_")
-    os.unlink(path)
+    if not named:
+        os.unlink(path)
     spooled = os.fdopen(fd, "w+b")
     size = 0
     try:
         while chunk := body.read(CHUNK):
             spooled.write(chunk)
             size += len(chunk)
+        spooled.flush()
         spooled.seek(0)
     except BaseException:
         spooled.close()
+        if named:
+            _unlink(path)
         raise
-    return spooled, size
+    return spooled, size, path if named else None
 
 
 def write_blob(

@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -113,20 +112,25 @@ class Store:
         if expected_hex and self._blob_oid(kind, expected) is not None:
             return Upload(expected, False)
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
-        if serverhooks.has_validator(self.path, kind):
-            return self._put_validated(kind, reader, length, expected_hex, actor)
-        spooled = None
+        # The operator's validator reads a file: with one, the body is spooled to a named file first.
+        validated = serverhooks.has_validator(self.path, kind)
+        spooled = spool_path = None
         try:
-            if length is None:
-                spooled, length = objects.spool(self.objects_dir, reader)
+            if length is None or validated:
+                spooled, length, spool_path = objects.spool(self.objects_dir, reader, named=validated)
                 reader = spooled
             if length == 0:
                 raise errors.BODY_EMPTY(f"the {kind} is empty")
 
             def check(hexdigest: str) -> None:
+                """Before the blob becomes visible: the announced digest, then the validator."""
                 if expected_hex and hexdigest != expected_hex:
                     raise errors.DIGEST_MISMATCH(
                         f"the {kind} has digest sha256:{hexdigest}, not the announced {expected}")
+                digest = names.digest(hexdigest)
+                if validated and self._blob_oid(kind, digest) is None:  # stored already: a 409, unasked
+                    serverhooks.validate(self.path, kind, self.hook_timeout, spool_path,
+                                         WO_DIGEST=digest, WO_USER=actor)
 
             try:
                 oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync)
@@ -135,37 +139,9 @@ class Store:
         finally:
             if spooled is not None:
                 spooled.close()
+            if spool_path is not None:
+                os.unlink(spool_path)
         digest = names.digest(hexdigest)
-        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
-
-    def _put_validated(self, kind: str, reader: objects.Reader, length: int | None,
-                       expected_hex: str | None, actor: str | None) -> Upload:
-        """``put`` through the operator's validator: spool to a file it can read, ask, then store."""
-        fd, path = tempfile.mkstemp(prefix="tmp_validate_", dir=self.objects_dir)
-        try:
-            with os.fdopen(fd, "w+b") as spooled:
-                sha256, size = hashlib.sha256(), 0
-                while chunk := reader.read(objects.CHUNK):
-                    spooled.write(chunk)
-                    sha256.update(chunk)
-                    size += len(chunk)
-                if length is not None and size != length:
-                    raise errors.BODY_INCOMPLETE(f"the {kind} body ended after {size} of {length} bytes")
-                if size == 0:
-                    raise errors.BODY_EMPTY(f"the {kind} is empty")
-                digest = names.digest(sha256.hexdigest())
-                if expected_hex and sha256.hexdigest() != expected_hex:
-                    raise errors.DIGEST_MISMATCH(
-                        f"the {kind} has digest {digest}, not the announced sha256:{expected_hex}")
-                if self._blob_oid(kind, digest) is not None:
-                    return Upload(digest, False)
-                spooled.flush()
-                os.chmod(path, 0o444)
-                serverhooks.validate(self.path, kind, self.hook_timeout, path, WO_DIGEST=digest, WO_USER=actor)
-                spooled.seek(0)
-                oid, _ = objects.write_blob(self.objects_dir, spooled, size, None, self.fsync)
-        finally:
-            os.unlink(path)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
 
     def _index_tree(self, kind: str, oid: str) -> pygit2.Oid:
