@@ -17,7 +17,7 @@ def _size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from wogit import users_cli
+    from wogit import maintenance_cli, users_cli
 
     top = argparse.ArgumentParser(prog="wogit", description="A registry for maps, stored in git.")
     top.add_argument("--version", action="version", version=f"wogit {__version__}")
@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     hook = commands.add_parser("hook", help="run a git hook of the registry (git calls this; see docs/git.md)")
     hook.add_argument("name", choices=["pre-receive"])
     users_cli.add_parser(commands)
+    maintenance_cli.add_parsers(commands)
     return top
 
 
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from wogit import serverhooks
 
         return serverhooks.pre_receive(os.environ.get("GIT_DIR", "."), sys.stdin.buffer.read())
+    if args.command in ("gc", "fsck"):
+        from wogit import maintenance_cli
+
+        return maintenance_cli.run(args)
     if args.command == "user":
         from wogit import users_cli
 

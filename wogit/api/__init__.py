@@ -7,7 +7,7 @@ answer; storage does the rest.  Each resource's routes live in their own module.
 
 from __future__ import annotations
 
-from wogit.api import git, metadata, responses, status, tags, uploads, version
+from wogit.api import blobs, git, listing, metadata, responses, status, tags, uploads, version
 from wogit.api.gate import Gate
 from wogit.replication import Replication
 from wogit.settings import Settings
@@ -21,8 +21,8 @@ def create_app(settings: Settings, store: Store, gate: Gate | None = None,
     app.replication = replication or Replication()
     app.install(responses.guard)  # outermost: whatever fails below becomes JSON
     app.install(app.gate)  # routes declare need=Level..., the gate checks it
-    # Order matters: /_git/info/refs and /<repository>/<map>/metadata are matched before a
-    # tag route would be.
-    for module in (version, status, git, uploads, metadata, tags):
+    # Order matters: /_git/info/refs, /blobs/<digest>/_tags, /<repository>/<map>/metadata and
+    # .../_tags are matched before a tag route would be.
+    for module in (version, status, git, uploads, blobs, listing, metadata, tags):
         module.install(app, store, settings)
     return app
