@@ -24,6 +24,19 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def install(app, store, settings) -> None:
+    def unknown(kind: str, digest: str) -> errors.WogitError:
+        # One answer for "never uploaded" and "not yours to read": a digest's existence does not leak.
+        return errors.BLOB_UNKNOWN(f"digest {digest} names no uploaded {kind} that you may read")
+
+    def find(kind: str, digest: str):
+        readable(kind, digest)
+        try:
+            return store.get_blob(kind, digest)
+        except errors.WogitError as exc:
+            if exc.code is errors.BLOB_UNKNOWN:
+                raise unknown(kind, digest) from None
+            raise
+
     def readable(kind: str, digest: str) -> None:
         """404 unless the client may read this content (after its digest was checked)."""
         user, policy = bottle.request.environ.get(USER), app.gate.policy
@@ -34,12 +47,11 @@ def install(app, store, settings) -> None:
             return
         if not using and policy.level(user, None) >= Level.WRITE:
             return
-        raise errors.BLOB_UNKNOWN(f"digest {digest} names no uploaded {kind} that you may read")
+        raise unknown(kind, digest)
 
     def get(kind: str, digest: str):
         names.digest_hex(digest)
-        readable(kind, digest)
-        blob = store.get_blob(kind, digest)
+        blob = find(kind, digest)
         etag = f'"{digest}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", HEADERS[kind]: digest,
                    "Cache-Control": "max-age=31536000, immutable"}
@@ -57,8 +69,7 @@ def install(app, store, settings) -> None:
 
     def using(kind: str, digest: str):
         names.digest_hex(digest)
-        readable(kind, digest)
-        store.get_blob(kind, digest)  # 404 for a digest never uploaded as this kind
+        find(kind, digest)  # 404 for a digest never uploaded as this kind
         user, policy = bottle.request.environ.get(USER), app.gate.policy
         tags = store.tags_using(kind, digest, lambda r: policy.level(user, r) >= Level.READ)
         tags.sort(key=_place)
