@@ -483,10 +483,10 @@ def test_example_log_has_no_secrets_and_names_users(reg):
     time.sleep(0.1)
     log = reg.srv.log_text()
     assert_no_secrets(log, [*PASSWORDS.values(), WRONG], reg.user_file)
-    assert re.search(r"^.*127\.0\.0\.1 alice PUT /blobs/upload 201$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 bob GET /maps-x/r/metadata 200$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 carol GET /maps-x/r/metadata 200$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 - GET /maps-x/r/metadata 401$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 alice PUT /blobs/upload 201 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 bob GET /maps-x/r/metadata 200 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 carol GET /maps-x/r/metadata 200 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 - GET /maps-x/r/metadata 401 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
 
 
 # -- --auth-file alone, and no auth at all ----------------------------------------------------
