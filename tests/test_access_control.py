@@ -759,6 +759,7 @@ def test_https_round_trip_with_a_self_signed_certificate(tmp_path):
         plain = requests.get(srv.url.replace("https://", "http://") + "/v1", headers=alice, timeout=5)
         assert plain.status_code == 400
         assert plain.json() == {"msg": "this port speaks HTTPS only: use https://"}
+        assert re.fullmatch(r"[0-9a-f]{32}", plain.headers["X-Request-Id"])
         # and the server still serves HTTPS afterwards
         assert requests.get(srv.url + "/repo/m/t0", headers=alice, verify=str(cert)).status_code == 200
         # Connections that never start their handshake do not stop others (cheroot shakes hands in

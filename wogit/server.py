@@ -118,7 +118,8 @@ class _Connection(cheroot_server.HTTPConnection):
                 if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
                     body = json.dumps({"msg": "this port speaks HTTPS only: use https://"}).encode() + b"\n"
                     head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id(None)}\r\n"
+                            "Connection: close\r\n\r\n").encode()
                     try:
                         socket.socket.sendall(self.socket, head + body)  # the raw socket, not TLS
                     except OSError:
