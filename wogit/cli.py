@@ -49,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
                             f"(WOGIT_MIRROR_INTERVAL; default {defaults.mirror_interval:g})")
     serve.add_argument("--notify", action="append", metavar="URL",
                        help="a replica's base URL, told to fetch after every write; repeatable (WOGIT_NOTIFY)")
+    serve.add_argument("--log-format", choices=["plain", "json"],
+                       help=f"the log's lines: plain text or JSON objects (WOGIT_LOG_FORMAT; default {defaults.log_format})")
+    serve.add_argument("--metrics-access", choices=["read", "open"],
+                       help="who may GET /metrics: read (read on every repository) or open (anyone) "
+                            f"(WOGIT_METRICS_ACCESS; default {defaults.metrics_access})")
+    serve.add_argument("--health-access", choices=["open", "read"],
+                       help="who may GET /healthz and /readyz: open (anyone) or read (read on every repository) "
+                            f"(WOGIT_HEALTH_ACCESS; default {defaults.health_access})")
     init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
                                             "existing one (idempotent)")
     init.add_argument("--data", help=f"the bare git repository (WOGIT_DATA; default {defaults.data})")
@@ -97,7 +105,8 @@ def _serve(args) -> int:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
         "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
-        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify")}
+        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify",
+        "log_format", "metrics_access", "health_access")}
     flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}

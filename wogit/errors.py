@@ -69,6 +69,7 @@ TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this reg
 HOOK_REJECTED = _declare("HOOK_REJECTED", 422, "an operator's validation hook (wo-validate-map, -config, -tag) refused the content; msg is its stderr")
 TOO_MANY_ATTEMPTS = _declare("TOO_MANY_ATTEMPTS", 429, "too many failed logins from this address; wait Retry-After seconds")
 UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
+NOT_READY = _declare("NOT_READY", 503, "the registry cannot read or write its repository (GET /readyz); msg says what failed")
 RULE_BROKEN = _declare("RULE_BROKEN", 500, "a write would have broken the registry's layout rules (a bug); nothing changed")
 INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
 

@@ -592,6 +592,43 @@ class Store:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
+    # -- operations (health and metrics) ---------------------------------------
+
+    READY_PROBE = "tmp_wogit_ready"  # in objects/, like git's own temporaries (`git prune` sweeps tmp_*)
+
+    def counts(self) -> dict[str, int]:
+        """How many maps, configs and tags the registry holds (one ``git for-each-ref``)."""
+        found = {"maps": 0, "configs": 0, "tags": 0}
+        for ref in self._git("for-each-ref", "--format=%(refname)", names.NAMESPACE).stdout.splitlines():
+            name = names.parse_ref(ref)
+            if isinstance(name, names.BlobName):
+                found["maps" if name.kind == names.MAP else "configs"] += 1
+            elif isinstance(name, names.TagName):
+                found["tags"] += 1
+        return found
+
+    def check_ready(self) -> None:
+        """Raise NOT_READY unless the repository's refs can be read and a file written and
+        synced in its objects directory (where every upload goes)."""
+        read = self._git("for-each-ref", "--count=1", "--format=%(refname)", names.NAMESPACE, check=False)
+        if read.returncode != 0:
+            raise errors.NOT_READY(f"cannot read the repository's refs: {read.stderr.strip() or read.returncode}")
+        probe = os.path.join(self.objects_dir, self.READY_PROBE)
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ready\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass  # a concurrent check removed it first: both wrote
+        except OSError as exc:
+            raise errors.NOT_READY(f"cannot write in the repository's objects directory: "
+                                   f"{exc.strerror or exc}") from None
+
 
 #: The registry's git settings: objects and refs synced to disk, pushed objects checked.
 GIT_CONFIG = (("core.fsync", "all"), ("receive.fsckObjects", "true"), ("core.logAllRefUpdates", "false"))
