@@ -7,7 +7,7 @@ answer; storage does the rest.  Each resource's routes live in their own module.
 
 from __future__ import annotations
 
-from wogit.api import blobs, git, listing, metadata, ops, responses, status, tags, uploads, version
+from wogit.api import blobs, contract, git, listing, metadata, ops, responses, status, tags, uploads, version
 from wogit.api.gate import Gate
 from wogit.metrics import Metrics
 from wogit.replication import Replication
@@ -25,6 +25,6 @@ def create_app(settings: Settings, store: Store, gate: Gate | None = None,
     app.install(app.gate)  # routes declare need=Level..., the gate checks it
     # Order matters: /_git/info/refs, /blobs/<digest>/_tags, /<repository>/<map>/metadata and
     # .../_tags are matched before a tag route would be.
-    for module in (version, ops, status, git, uploads, blobs, listing, metadata, tags):
+    for module in (version, contract, ops, status, git, uploads, blobs, listing, metadata, tags):
         module.install(app, store, settings)
     return app
