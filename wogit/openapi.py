@@ -26,6 +26,8 @@ NAME_PATTERN = r"^(?!.*\.lock$)[a-z0-9]+([._-][a-z0-9]+)*$"
 TAG_PATTERN = r"^(?!metadata$)(?!.*\.\.)(?!.*\.$)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 KEY_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
 COMMIT_PATTERN = "^[0-9a-f]{40}$"
+# The RFC 3339 times ?at= takes (Python's datetime.fromisoformat): upper-case T and Z, no leap second, no year 0.
+AT_TIME_PATTERN = r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 
 
 def ref(kind: str, name: str) -> dict:
@@ -98,7 +100,7 @@ def always(bad: str | None = None) -> dict:
 
 def body_errors(limit: str) -> dict:
     return {"411": error("LengthRequired"),
-            "413": error("TooLarge", f"the body is larger than {limit} (TOO_LARGE)")}
+            "413": error("TooLarge", f"the body is larger than {limit}, or the headers exceed 64 KiB (TOO_LARGE)")}
 
 
 # -- parameters -------------------------------------------------------------------
@@ -132,8 +134,9 @@ PARAMETERS = {
                       "(`2026-12-04T01:02:03Z`, `2026-12-04T02:02:03+01:00`, `2026-12-04`; UTC without an "
                       "offset; rounded down to whole seconds) or a full commit id of the map's `_history`. "
                       "Anything else is 400; a commit id not in the history is 404 (COMMIT_UNKNOWN).",
-                      {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"},
-                                                   {"pattern": COMMIT_PATTERN}]}),
+                      {"type": "string", "anyOf": [
+                          {"format": "date-time", "pattern": AT_TIME_PATTERN},
+                          {"format": "date", "pattern": "^(?!0000)"}, {"pattern": COMMIT_PATTERN}]}),
 }
 
 
@@ -309,6 +312,8 @@ def op(operation_id: str, summary: str, description: str, responses: dict, acces
         operation["parameters"] = parameters
     if body is not None:
         operation["requestBody"] = body
+    # Any request: headers over 64 KiB are refused by the HTTP server (body_errors says more where there is a body).
+    responses.setdefault("413", error("TooLarge", "the request's headers exceed 64 KiB in all (TOO_LARGE)"))
     operation["responses"] = {code: responses[code] for code in sorted(responses)}
     return operation
 
@@ -422,7 +427,7 @@ def uploads() -> dict:
             {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name)}),
              "409": {**error_response(f"These bytes were already uploaded as a {kind} (EXISTS)",
                                       **{name: header(name)})},
-             "422": error("HookRejected"),
+             "422": error("HookRejected"), "503": error("Unavailable"),
              **auth_errors(write=True), **body_errors(limit),
              **always(f"an empty body, a malformed or mismatching `{name}`, a body cut short{extra_400}")},
             needs("write", "any"), parameters=[announced],
@@ -568,6 +573,7 @@ def tags() -> dict:
                    "404": error("NotFound", "a digest is malformed, unknown, or names content of the other kind "
                                             "(BLOB_UNKNOWN)"),
                    "409": error("Conflict", "the tag exists (EXISTS)"), "422": error("HookRejected"),
+                   "503": error("Unavailable"),
                    **auth_errors(write=True), **body_errors("1 MiB"),
                    **always("an invalid name; an empty body; a body that is not a JSON object with both fields as "
                             "strings (BODY_INVALID)")},
