@@ -22,11 +22,12 @@ from pathlib import Path
 from urllib.parse import quote, urljoin
 
 import requests
+import urllib3
 
 from wogit import __version__
 from wogit.client_config import DEFAULT_REGISTRY, Credentials
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # what a download writes (and flushes) at a time: a killed run keeps all but the last chunk
 MAP, CONFIG = "map", "config"
 _ROUTE = {MAP: "blobs", CONFIG: "configs"}
 _DIGEST_HEADER = {MAP: "Wo-Map-Digest", CONFIG: "Wo-Config-Digest"}
@@ -304,7 +305,7 @@ class Client:
         size = os.path.getsize(path)
 
         def body():
-            return _Reader(open(path, "rb"), size, self._bar(f"{kind} ↑", size, 0))
+            return _Reader(open(path, "rb"), size, self._bar(kind, size, 0))
 
         response = self._request("PUT", f"/{_ROUTE[kind]}/upload", body=body, expect=(201, 409),
                                  headers={"Content-Type": "application/octet-stream", _DIGEST_HEADER[kind]: digest})
@@ -316,66 +317,59 @@ class Client:
         if target.is_file() and file_digest(target) == digest:
             size = target.stat().st_size
             return _Transfer(size, size, 0)
-        part = target.with_name(target.name + ".part")
-        hasher = hashlib.sha256()
-        with open(part, "ab+") as file:
-            file.seek(0)
-            while chunk := file.read(CHUNK):
-                hasher.update(chunk)
-            reused = have = file.tell()
+        with _Part(target.with_name(target.name + ".part")) as part:
+            reused = part.have
             for attempt in range(self.retries + 1):
                 try:
-                    have, hasher, size = self._fetch(kind, digest, file, have, hasher)
+                    size = self._fetch(kind, digest, part)
                     break
                 except ConnectionFailed:
                     if attempt == self.retries:
                         raise
                     time.sleep(0.2 * (attempt + 1))
-        if "sha256:" + hasher.hexdigest() != digest:
-            part.unlink()
+            matches = part.digest() == digest
+        if not matches:
+            part.path.unlink()
             raise DigestMismatch(f"the downloaded {kind} is not {digest}; removed it, try again")
-        os.replace(part, target)
+        os.replace(part.path, target)
         return _Transfer(size, min(reused, size), attempt)
 
-    def _fetch(self, kind: str, digest: str, file, have: int, hasher) -> tuple[int, object, int]:
-        """One GET of the rest of a download, appended to ``file``: (bytes on disk, hasher, size)."""
-        headers = {"Range": f"bytes={have}-", "If-Range": f'"{digest}"'} if have else {}
+    def _fetch(self, kind: str, digest: str, part: _Part) -> int:
+        """One GET of the rest of a download, appended to ``part``; returns the whole size."""
+        headers = {"Accept-Encoding": "identity"}  # byte ranges of the bytes themselves
+        if part.have:
+            headers.update({"Range": f"bytes={part.have}-", "If-Range": f'"{digest}"'})
         response = self._request("GET", f"/{_ROUTE[kind]}/{digest}", headers=headers, stream=True,
                                  expect=(200, 206, 416))
         with response:
             if response.status_code == 416:  # the part is as long as the file, or longer
                 size = int(response.headers.get("Content-Range", "*/-1").rsplit("/", 1)[1])
-                if have == size:
-                    return have, hasher, size
-                file.seek(0)
-                file.truncate()
-                return self._fetch(kind, digest, file, 0, hashlib.sha256())
+                if part.have == size:
+                    return size
+                part.restart()
+                return self._fetch(kind, digest, part)
             if response.status_code == 200:
-                file.seek(0)
-                file.truncate()
-                have, hasher = 0, hashlib.sha256()
+                part.restart()
                 size = int(response.headers["Content-Length"])
             else:
                 first, size = _content_range(response.headers.get("Content-Range", ""))
-                if first != have:
-                    raise ClientError(f"the registry answered bytes from {first}, not {have}")
-            bar = self._bar(kind, size, have)
+                if first != part.have:
+                    raise ClientError(f"the registry answered bytes from {first}, not {part.have}")
+            bar = self._bar(kind, size, part.have)
+            # read1 hands over what has arrived, so a broken connection loses none of it.
+            read = getattr(response.raw, "read1", response.raw.read)
             try:
-                for chunk in response.iter_content(CHUNK):
-                    file.write(chunk)
-                    hasher.update(chunk)
-                    have += len(chunk)
+                while part.have < size and (chunk := read(min(CHUNK, size - part.have))):
+                    part.append(chunk)
                     bar.update(len(chunk))
-            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-                    requests.exceptions.Timeout) as exc:
-                raise ConnectionFailed(f"the connection broke after {have} bytes of the {kind}: "
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ConnectionFailed(f"the connection broke after {part.have} bytes of the {kind}: "
                                        f"{_reason(exc)}") from None
             finally:
                 bar.close()
-                file.flush()
-            if have != size:
-                raise ConnectionFailed(f"the {kind} ended after {have} of {size} bytes")
-        return have, hasher, size
+            if part.have != size:
+                raise ConnectionFailed(f"the {kind} ended after {part.have} of {size} bytes")
+        return size
 
     def _bar(self, label: str, total: int, initial: int) -> Progress:
         return self.progress(label, total, initial) if self.progress else Progress()
@@ -424,6 +418,40 @@ class Client:
         if self.tag_digests(repository, map, tag) != (map_digest, config_digest):
             raise error_of(response)
         return False
+
+
+class _Part:
+    """A download in progress: the ``.part`` file, how many bytes it has and their sha256.
+    Every chunk is flushed as it comes, so a killed run leaves all it received."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "ab+")
+        self.file.seek(0)
+        self.hasher = hashlib.sha256()
+        while chunk := self.file.read(CHUNK):
+            self.hasher.update(chunk)
+        self.have = self.file.tell()
+
+    def append(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.file.flush()
+        self.hasher.update(chunk)
+        self.have += len(chunk)
+
+    def restart(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.hasher, self.have = hashlib.sha256(), 0
+
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
+
+    def __enter__(self) -> _Part:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 class _Reader:

@@ -229,11 +229,19 @@ def _progress(args):
     """A tqdm bar per transfer when standard error is a terminal, else None (quiet in pipes and CI)."""
     if args.quiet or not sys.stderr.isatty():
         return None
+    import os
+
     from tqdm import tqdm
 
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        size = os.terminal_size((0, 0))
+
     def bar(label: str, total: int, initial: int):
+        # A terminal that was given no size says 0 x 0, where tqdm would draw nothing.
         return tqdm(total=total, initial=initial, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                    file=sys.stderr, dynamic_ncols=True)
+                    file=sys.stderr, ncols=size.columns or 80, nrows=size.lines or 24)
 
     return bar
 

@@ -37,8 +37,9 @@ class Credentials:
     user: str
     password: str = field(repr=False)
 
-    def as_tuple(self) -> tuple[str, str]:
-        return self.user, self.password
+    def as_tuple(self) -> tuple[bytes, bytes]:
+        """For requests' ``auth=``: UTF-8 bytes, as the registry reads them (requests would send latin-1)."""
+        return self.user.encode(), self.password.encode()
 
 
 @dataclass(frozen=True)
