@@ -576,3 +576,48 @@ def test_meta_verbs_history_and_rm(fresh_server, home):
     assert before == {"keys": [], "commit": None}
     text = wogit(home, "history", "osm/area", *r).stdout.splitlines()
     assert [line.split("\t")[2] for line in text] == [e["action"] for e in history]
+
+
+# -- the README's client session, pasted as it is -----------------------------------------
+
+def readme_block(language: str) -> str:
+    """The first ```language block of the README's client section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The `wogit` client"):]
+    return re.search(rf"```{language}\n(.+?)\n```", section, re.S).group(1)
+
+
+def test_the_readme_client_session_runs_as_written(fresh_server, home, tmp_path):
+    srv = fresh_server()
+    script = readme_block("sh").replace(".venv/bin/wogit", f"'{sys.executable} -m wogit'").replace(
+        "/tmp/test-area", str(tmp_path / "test-area"))
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            env=environment(home, WOGIT_REGISTRY=srv.url), stdin=subprocess.DEVNULL, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    tags = json.loads(lines[8])["tags"]
+    assert tags == [{"repository": "osm", "map": "test-area", "tag": "v1", "map_digest": MAP_DIGEST,
+                     "config_digest": CONFIG_DIGEST, "created": tags[0]["created"]}]
+    assert lines[:8] + lines[9:21] == [
+        f"map {MAP_DIGEST} uploaded", f"config {CONFIG_DIGEST} uploaded", "tagged osm/test-area:v1",
+        "metadata set: license source",
+        f"pulled osm/test-area:v1 into {tmp_path / 'test-area'}: map {len(MAP_BYTES)} bytes, "
+        f"config {len(CONFIG_BYTES)} bytes, digests verified",
+        "license=ODbL-1.0", "source=openstreetmap", f"v1\t{tags[0]['created']}\t{MAP_DIGEST}\t{CONFIG_DIGEST}",
+        "osm", "test-area", "set: draft region",
+        "draft=yes", "license=ODbL-1.0", "region=helsinki", "source=openstreetmap", "helsinki", "deleted draft",
+        "license", "region", "source"]
+    history = [tuple(line.split("\t")[1:4]) for line in lines[21:]]
+    assert len(history) == 4
+    assert [entry for entry in history if entry[1].endswith("-metadata")] == [
+        ("-", "delete-metadata", "draft"), ("-", "set-metadata", "draft region"),
+        ("-", "set-metadata", "license source")]  # a tag's and the metadata's changes interleave by time
+    assert ("-", "create-tag", f"v1 map={MAP_DIGEST} config={CONFIG_DIGEST}") in history
+    assert_release(tmp_path / "test-area", "license=ODbL-1.0\nsource=openstreetmap\n")
+
+    code = readme_block("python").replace("http://127.0.0.1:8080", srv.url).replace(
+        "/tmp/test-area", str(tmp_path / "again"))
+    program = code + "\nprint(pushed.tag_created, pushed.map_uploaded, pulled.map_size, names)\n"
+    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (0, f"False False {len(MAP_BYTES)} ['v1']\n", "")
+    assert_release(tmp_path / "again", "license=ODbL-1.0\nregion=helsinki\nsource=openstreetmap\n")
