@@ -483,10 +483,10 @@ def test_example_log_has_no_secrets_and_names_users(reg):
     time.sleep(0.1)
     log = reg.srv.log_text()
     assert_no_secrets(log, [*PASSWORDS.values(), WRONG], reg.user_file)
-    assert re.search(r"^.*127\.0\.0\.1 alice PUT /blobs/upload 201$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 bob GET /maps-x/r/metadata 200$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 carol GET /maps-x/r/metadata 200$", log, re.M), log
-    assert re.search(r"^.*127\.0\.0\.1 - GET /maps-x/r/metadata 401$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 alice PUT /blobs/upload 201 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 bob GET /maps-x/r/metadata 200 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 carol GET /maps-x/r/metadata 200 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
+    assert re.search(r"^.*127\.0\.0\.1 - GET /maps-x/r/metadata 401 \d+ [\d.]+ms [0-9a-f]{32}$", log, re.M), log
 
 
 # -- --auth-file alone, and no auth at all ----------------------------------------------------
@@ -759,6 +759,7 @@ def test_https_round_trip_with_a_self_signed_certificate(tmp_path):
         plain = requests.get(srv.url.replace("https://", "http://") + "/v1", headers=alice, timeout=5)
         assert plain.status_code == 400
         assert plain.json() == {"msg": "this port speaks HTTPS only: use https://"}
+        assert re.fullmatch(r"[0-9a-f]{32}", plain.headers["X-Request-Id"])
         # and the server still serves HTTPS afterwards
         assert requests.get(srv.url + "/repo/m/t0", headers=alice, verify=str(cert)).status_code == 200
         # Connections that never start their handshake do not stop others (cheroot shakes hands in

@@ -14,7 +14,7 @@ import pytest
 
 from wogit import config
 from wogit.access import ANONYMOUS, Level, Policy
-from wogit.settings import GiB, KiB, MiB, Settings
+from wogit.settings import CHOICES, GiB, KiB, MiB, Settings
 
 NONE, READ, WRITE, DELETE, ADMIN = Level.NONE, Level.READ, Level.WRITE, Level.DELETE, Level.ADMIN
 
@@ -326,7 +326,8 @@ KINDS = {"tls_cert": str, "tls_key": str, "max_login_failures": int, "login_fail
 
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_every_setting_is_accepted(tmp_path, name):
-    loaded = config.load(write(tmp_path, f"[server]\n{name} = {SAMPLES[KINDS[name]]}\n"))
+    sample = f'"{CHOICES[name][-1]}"' if name in CHOICES else SAMPLES[KINDS[name]]  # a word it takes
+    loaded = config.load(write(tmp_path, f"[server]\n{name} = {sample}\n"))
     assert list(loaded.server) == [name]
     assert type(loaded.server[name]) is KINDS[name]
 

@@ -232,7 +232,7 @@ def _cases(client: Client, registry: Server) -> list[tuple[str, list[str], str]]
         ("a directory in metadata", [f"{dir_meta}:refs/wo/_metadata/osm/city"], "metadata entry 'sub' is not a file"),
         ("metadata that loses history", [f"+{unrelated_meta}:refs/wo/_metadata/osm/city"], "not a fast-forward"),
         ("metadata for a map with no tag", [f"{unrelated_meta}:refs/wo/_metadata/osm/nowhere"],
-         "map osm/nowhere has no tag: metadata needs a tagged map"),
+         "map osm/nowhere has no tag: a metadata history starts on a tagged map"),
         ("deleting metadata", [":refs/wo/_metadata/osm/city"], "a map's metadata history cannot be deleted"),
         ("a valid tag beside an invalid ref", [f"{good_tag}:refs/wo/osm/city/v9", f"{good_tag}:refs/heads/x"], outside),
     ]

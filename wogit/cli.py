@@ -17,7 +17,7 @@ def _size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from wogit import client_cli, users_cli
+    from wogit import client_cli, maintenance_cli, users_cli
 
     top = argparse.ArgumentParser(prog="wogit", description="A registry for maps, stored in git.")
     top.add_argument("--version", action="version", version=f"wogit {__version__}")
@@ -49,12 +49,21 @@ def parser() -> argparse.ArgumentParser:
                             f"(WOGIT_MIRROR_INTERVAL; default {defaults.mirror_interval:g})")
     serve.add_argument("--notify", action="append", metavar="URL",
                        help="a replica's base URL, told to fetch after every write; repeatable (WOGIT_NOTIFY)")
+    serve.add_argument("--log-format", choices=["plain", "json"],
+                       help=f"the log's lines: plain text or JSON objects (WOGIT_LOG_FORMAT; default {defaults.log_format})")
+    serve.add_argument("--metrics-access", choices=["read", "open"],
+                       help="who may GET /metrics: read (read on every repository) or open (anyone) "
+                            f"(WOGIT_METRICS_ACCESS; default {defaults.metrics_access})")
+    serve.add_argument("--health-access", choices=["open", "read"],
+                       help="who may GET /healthz and /readyz: open (anyone) or read (read on every repository) "
+                            f"(WOGIT_HEALTH_ACCESS; default {defaults.health_access})")
     init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
                                             "existing one (idempotent)")
     init.add_argument("--data", help=f"the bare git repository (WOGIT_DATA; default {defaults.data})")
     hook = commands.add_parser("hook", help="run a git hook of the registry (git calls this; see docs/git.md)")
     hook.add_argument("name", choices=["pre-receive"])
     users_cli.add_parser(commands)
+    maintenance_cli.add_parsers(commands)
     client_cli.add_parsers(commands)
     return top
 
@@ -71,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         from wogit import serverhooks
 
         return serverhooks.pre_receive(os.environ.get("GIT_DIR", "."), sys.stdin.buffer.read())
+    if args.command in ("gc", "fsck"):
+        from wogit import maintenance_cli
+
+        return maintenance_cli.run(args)
     if args.command == "user":
         from wogit import users_cli
 
@@ -97,7 +110,8 @@ def _serve(args) -> int:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
         "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
-        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify")}
+        "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify",
+        "log_format", "metrics_access", "health_access")}
     flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}

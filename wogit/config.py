@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from wogit.access import ANONYMOUS, Level, Policy
-from wogit.settings import Settings, parse_size
+from wogit.settings import CHOICES, Settings, parse_size
 
 #: [server] keys beyond the fields of Settings, and their types.
 _EXTRA = {"tls_cert": str, "tls_key": str, "max_login_failures": int, "login_failure_window": float}
@@ -149,6 +149,8 @@ class _Reader:
         if type(value) is not kind:
             wanted = _WANTED.get(kind) or _TOML_TYPES.get(kind, kind.__name__)
             raise self.error(where, f"{name} must be {wanted}, not {_kind(value)}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise self.error(where, f"{name} must be {' or '.join(map(repr, CHOICES[name]))}, not {value!r}")
         if kind is str and name in _PATHS:
             if not value:
                 raise self.error(where, f"{name} must not be empty (leave it out instead)")

@@ -34,6 +34,7 @@ _KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _NESTED_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]*[.\[\]][A-Za-z0-9_.\[\]-]*")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 #: Words that are never a tag_id because a route needs them.
 RESERVED_TAGS = frozenset({"metadata"})
@@ -113,6 +114,17 @@ def blob_ref(kind: str, digest: str) -> str:
 def metadata_ref(repository: str, map: str) -> str:
     check_map_name(repository, map)
     return f"{METADATA}{repository}/{map}"
+
+
+def repository_prefixes(repository: str) -> tuple[str, str]:
+    """The ref prefixes under which one repository's tags and metadata histories live."""
+    check_map_name(repository, "x")
+    return f"{NAMESPACE}{repository}/", f"{METADATA}{repository}/"
+
+
+def is_commit_id(text: str) -> bool:
+    """A full git commit id (40 lowercase hex digits)."""
+    return isinstance(text, str) and _COMMIT.fullmatch(text) is not None
 
 
 # -- parsing refs back (for hooks, audits and the round-trip test) ---------

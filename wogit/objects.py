@@ -191,6 +191,26 @@ def _inflate(loose: BinaryIO, inflate, first: bytes) -> Iterator[bytes]:
                 break
 
 
+def window(stream: Iterator[bytes], first: int, length: int) -> Iterator[bytes]:
+    """The ``length`` bytes of ``stream`` from offset ``first`` (what a Range asks for)."""
+    try:
+        for chunk in stream:
+            if first >= len(chunk):
+                first -= len(chunk)
+                continue
+            piece = chunk[first:first + length]
+            first = 0
+            length -= len(piece)
+            if piece:
+                yield piece
+            if length <= 0:
+                return
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
 def _read_packed(git_dir: str, oid: str) -> tuple[int, Iterator[bytes]]:
     proc = subprocess.Popen(
         ["git", "--git-dir", git_dir, "cat-file", "--batch"],

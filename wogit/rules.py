@@ -13,8 +13,11 @@ the same rules decide both paths (docs/layout.md describes what they protect):
   after its kind (``map`` or ``config``), a blob whose sha256 is the ref's name (a
   config's bytes are UTF-8);
 - a map's metadata only moves forward (the old commit is an ancestor of the new
-  one) on a map that has a tag, and every new commit's tree holds only simple
-  keys whose values are valid.
+  one), starts on a map that has a tag (or with the record of its tags' deletion),
+  and every new commit's tree holds only simple keys whose values are valid.
+
+Tags are deleted only by the registry itself (``DELETE`` through the HTTP API,
+which records the deletion in the map's metadata history), never by a push.
 
 Objects are read through a ``View``; ``GitView`` reads them with git itself, so it
 also sees the objects of a push still in git's quarantine (pygit2 would not).
@@ -35,6 +38,7 @@ from wogit import errors, metadata, names
 ZERO = "0" * 40
 BLOB_MODE = 0o100644
 TAG_ENTRIES = ("config", "map")
+DELETE_TAG = "delete-tag"  # the subject of a metadata commit recording a tag's deletion
 _FIELD = re.compile(r"^(map_digest|config_digest): (\S+)$", re.M)
 
 
@@ -178,11 +182,13 @@ def _check_blob(change: Change, name: names.BlobName, view: View) -> None:
 def _check_metadata(change: Change, name: names.MetadataName, view: View, after: dict[str, str]) -> None:
     if change.new == ZERO:
         raise _Broken("a map's metadata history cannot be deleted")
+    _object(view, change.new, "commit", "metadata")
     prefix = names.tags_prefix(name.repository, name.map)
     tags = {ref for ref, oid in view.refs(prefix).items()} | {ref for ref in after if ref.startswith(prefix)}
-    if not any(after.get(ref, "x") != ZERO for ref in tags):
-        raise _Broken(f"map {name.repository}/{name.map} has no tag: metadata needs a tagged map")
-    _object(view, change.new, "commit", "metadata")
+    if change.old == ZERO and not any(after.get(ref, "x") != ZERO for ref in tags) and not any(
+            view.commit(oid).message.startswith(DELETE_TAG + " ") for oid in view.new_commits(ZERO, change.new)):
+        raise _Broken(f"map {name.repository}/{name.map} has no tag: a metadata history starts on a tagged "
+                      "map (or records the deletion of its tags)")
     if change.old != ZERO and not view.is_ancestor(change.old, change.new):
         raise _Broken("not a fast-forward: the new metadata commit must descend from the current one "
                       "(fetch, rebase your change on it, push again)")

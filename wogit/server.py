@@ -20,15 +20,16 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from wogit import __version__, serverhooks
 from wogit.access import Policy
 from wogit.api import create_app
-from wogit.api.gate import USER, Gate
+from wogit.api.gate import Gate
 from wogit.auth import Throttle, Users
 from wogit.framing import ChunkedReader, StrictHeaderReader
+from wogit.metrics import Metrics
+from wogit.observe import configure_logging, observed, request_id
 from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
 from wogit.settings import Settings
 from wogit.store import Store
 
 log = logging.getLogger("wogit")
-access = logging.getLogger("wogit.access")
 
 
 class _Request(cheroot_server.HTTPRequest):
@@ -70,8 +71,10 @@ class _Request(cheroot_server.HTTPRequest):
         if isinstance(msg, bytes):
             msg = msg.decode("latin-1")
         body = (json.dumps({"msg": msg or status[4:]}) + "\n").encode()
+        supplied = self.inheaders.get(b"X-Request-Id")
+        rid = request_id(supplied.decode("latin-1") if supplied is not None else None)
         head = (f"{self.server.protocol} {status}\r\nContent-Length: {len(body)}\r\n"
-                "Content-Type: application/json\r\n")
+                f"Content-Type: application/json\r\nX-Request-Id: {rid}\r\n")
         if self.close_connection:
             head += "Connection: close\r\n"
         try:
@@ -115,7 +118,8 @@ class _Connection(cheroot_server.HTTPConnection):
                 if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
                     body = json.dumps({"msg": "this port speaks HTTPS only: use https://"}).encode() + b"\n"
                     head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id(None)}\r\n"
+                            "Connection: close\r\n\r\n").encode()
                     try:
                         socket.socket.sendall(self.socket, head + body)  # the raw socket, not TLS
                     except OSError:
@@ -175,27 +179,6 @@ class _Server(wsgi.Server):
         super().process_conn(conn)
 
 
-def access_log(app):
-    """WSGI middleware: one line per request, naming the user; never credentials.
-
-    The method and path are the client's bytes: they are written %-escaped (anything
-    but printable ASCII), so no request can split a line or forge one."""
-    def logged(environ, start_response):
-        def start(status, headers, exc_info=None):
-            access.info("%s %s %s %s %s", environ.get("REMOTE_ADDR", "-"), environ.get(USER, "-"),
-                        _printable(environ.get("REQUEST_METHOD", "")), _printable(environ.get("PATH_INFO", "")),
-                        status.split(" ", 1)[0])
-            return start_response(status, headers, exc_info)
-        return app(environ, start)
-    return logged
-
-
-def _printable(text: str) -> str:
-    """``text`` (WSGI latin-1) with every byte that is not printable ASCII, and '%', %-escaped."""
-    return "".join(ch if "!" <= ch <= "~" and ch != "%" else f"%{ord(ch):02X}"
-                   for ch in text.encode("latin-1", "replace").decode("latin-1"))
-
-
 def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
     """The gate from the config file's policy and the user file (flag, environment or file)."""
     replica_of = settings.replica_of.rstrip("/") or None
@@ -245,9 +228,10 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
     serverhooks.set_timeout(store.path, settings.hook_timeout)  # the Store has installed the hooks
     if replication is not None:
         store.listeners.append(replication.changed)
-    app = create_app(settings, store, gate or build_gate(settings), replication)
+    metrics = Metrics(store.counts)
+    app = create_app(settings, store, gate or build_gate(settings), replication, metrics)
     server = _Server(
-        (settings.host, settings.port), access_log(app),
+        (settings.host, settings.port), observed(app, metrics),
         numthreads=settings.threads, server_name=f"wogit/{__version__}",
         timeout=settings.timeout, shutdown_timeout=settings.shutdown_timeout,
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
@@ -267,7 +251,7 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
 
 def serve(settings: Settings, policy: Policy | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and return."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_format)
     gate = build_gate(settings, policy)
     store = Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
     replication = build_replication(settings, store.path)
@@ -297,7 +281,10 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
         if not worker.is_alive():
             log.error("the server loop stopped unexpectedly")
             return 1
-    _say("wogit: shutting down, finishing requests in flight", sys.stderr)
+    if settings.log_format == "json":  # every line of a JSON log is an object
+        log.info("shutting down, finishing requests in flight")
+    else:
+        _say("wogit: shutting down, finishing requests in flight", sys.stderr)
     server.stop()
     worker.join()
     replication.stop()

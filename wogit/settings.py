@@ -38,6 +38,9 @@ class Settings:
     push_mirrors: tuple[str, ...] = ()  # git remotes that get every change pushed
     mirror_interval: float = 30.0  # seconds between checks for changes made with git (pushes)
     notify: tuple[str, ...] = ()  # replicas' base URLs, told to fetch after every write
+    log_format: str = "plain"  # the log's lines: "plain" text or "json" (one object a line)
+    metrics_access: str = "read"  # GET /metrics: "read" (read on every repository) or "open" (anyone)
+    health_access: str = "open"  # GET /healthz and /readyz: "open" (anyone) or "read"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, file: dict | None = None, **overrides) -> Settings:
@@ -50,7 +53,14 @@ class Settings:
             if raw is not None:
                 values[field.name] = _convert(field.name, raw, type(field.default))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, allowed in CHOICES.items():
+            if name in values and values[name] not in allowed:
+                raise SystemExit(f"wogit: {name} must be {' or '.join(allowed)}, not {values[name]!r}")
         return cls(**values)
+
+
+#: Settings that take one of a few words.
+CHOICES = {"log_format": ("plain", "json"), "metrics_access": ("read", "open"), "health_access": ("open", "read")}
 
 
 def parse_size(text: str) -> int:

@@ -18,9 +18,11 @@ import hashlib
 import logging
 import os
 import random
+import re
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,6 +33,9 @@ from wogit import errors, githttp, metadata, names, objects, rules, serverhooks,
 
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
+USER_EMAIL = "user@wogit"  # the author email of changes a user asked for; the name is the user (%-escaped)
+_NAME_SAFE = "".join(chr(c) for c in range(0x21, 0x7f) if chr(c) not in "%<>")
+DELETE_TAG = rules.DELETE_TAG
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 ZERO_OID = "0" * 40
 STALE_LOCK_SECONDS = 10.0
@@ -60,6 +65,30 @@ class Tag:
 class Metadata:
     items: dict[str, str]
     version: str  # the git tree id of the metadata: equal items, equal version
+    commit: str | None = None  # the metadata commit this state is (None: before any change)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored map or config, ready to stream (whole or a byte range)."""
+    kind: str
+    digest: str
+    oid: str
+    size: int
+    chunks: Callable[[int, int], Iterator[bytes]]  # (first, length) -> the bytes
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a map's history (``GET .../_history``)."""
+    time: int
+    user: str | None
+    action: str  # create-tag, delete-tag, set-metadata, delete-metadata, change-metadata
+    commit: str
+    tag: str | None = None
+    keys: tuple[str, ...] = ()
+    map_digest: str | None = None
+    config_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,22 +209,47 @@ class Store:
         exists = errors.EXISTS(f"tag {repository}/{map}/{tag} already exists; tags are immutable")
         if self.repo.references.get(ref) is not None:
             raise exists
-        map_oid = self._require_blob(names.MAP, map_digest, "map_digest")
-        config_oid = self._require_blob(names.CONFIG, config_digest, "config_digest")
+        blobs = {names.MAP: (map_digest, self._require_blob(names.MAP, map_digest, "map_digest")),
+                 names.CONFIG: (config_digest, self._require_blob(names.CONFIG, config_digest, "config_digest"))}
+        self._freshen(blobs)  # before gc could decide they are old and unused (wogit.maintenance)
         repo = self.repo
         builder = repo.TreeBuilder()
-        builder.insert("config", pygit2.Oid(hex=config_oid), pygit2.enums.FileMode.BLOB)
-        builder.insert("map", pygit2.Oid(hex=map_oid), pygit2.enums.FileMode.BLOB)
+        for kind, (_, oid) in sorted(blobs.items()):
+            builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(), [])
+        commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(), [])
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
                              WO_USER=actor)
         if not self._create_ref(ref, commit):
             raise exists
+        self._keep_indexed(ref, str(commit), blobs)
         return self.get_tag(repository, map, tag)
+
+    def _freshen(self, blobs: dict[str, tuple[str, str]]) -> None:
+        """Touch the loose objects of a tag's blobs: ``git prune`` keeps objects touched
+        within the grace period, so a sweep that raced this tag cannot remove them."""
+        for kind, (digest, oid) in blobs.items():
+            try:
+                os.utime(os.path.join(self.objects_dir, oid[:2], oid[2:]))
+            except FileNotFoundError:
+                if not self.repo.odb.exists(oid):  # packed objects are not swept by git prune
+                    raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}") from None
+            except PermissionError:
+                pass  # a read-only object file of another user: git prune keeps what it cannot stat older
+
+    def _keep_indexed(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
+        """After a tag is created: its blobs are still there and indexed (a gc running meanwhile
+        may have removed an index ref it thought unused; put it back).  A blob swept before
+        it was freshened undoes the tag."""
+        for kind, (digest, oid) in blobs.items():
+            if not self.repo.odb.exists(oid):
+                self._git("update-ref", "-d", ref, commit, check=False)
+                self._changed()
+                raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} was removed by wogit gc meanwhile")
+            self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid))
 
     def get_tag(self, repository: str, map: str, tag: str) -> Tag:
         ref = self.repo.references.get(names.tag_ref(repository, map, tag))
@@ -208,26 +262,155 @@ class Store:
                    str(commit.tree["config"].id))
 
     def map_exists(self, repository: str, map: str) -> bool:
-        """A map exists once it has a tag."""
+        """A map exists while it has a tag or a metadata history."""
+        if self.repo.references.get(names.metadata_ref(repository, map)) is not None:
+            return True
         prefix = names.tags_prefix(repository, map)
         return bool(self._git("for-each-ref", "--count=1", "--format=%(refname)", prefix).stdout.strip())
 
+    def delete_tag(self, repository: str, map: str, tag: str, actor: str | None = None) -> Tag:
+        """Delete a tag, recording it in the map's metadata history, in one ref transaction."""
+        ref = names.tag_ref(repository, map, tag)
+        history = names.metadata_ref(repository, map)
+
+        def attempt() -> Tag:
+            found = self.get_tag(repository, map, tag)
+            repo = self.repo
+            head = repo.references.get(history)
+            parent = repo[head.target] if head is not None else None
+            tree = parent.tree_id if parent is not None else repo.TreeBuilder().write()
+            author = repo[found.commit].author
+            message = (f"{DELETE_TAG} {tag}\n\ntag_commit: {found.commit}\n"
+                       f"map_digest: {found.map_digest}\nconfig_digest: {found.config_digest}\n"
+                       f"created: {found.created}\ncreated_by: {author.name} <{author.email}>\n")
+            commit = repo.create_commit(None, _signature(actor), _signature(), message, tree,
+                                        [parent.id] if parent is not None else [])
+            old = str(parent.id) if parent is not None else ZERO_OID
+            rules.require(rules.Change(history, old, str(commit)), self._view())
+            self._transaction(f"delete {ref} {found.commit}\nupdate {history} {commit} {old}\n", ref)
+            return found
+
+        return self._retrying(attempt)
+
+    def list_tags(self, repository: str, map: str) -> list[Tag]:
+        """Every tag of a map, by name: one read of the map's own refs, whatever the registry's size."""
+        tags = self._tags_under(names.tags_prefix(repository, map))
+        if not tags and not self.map_exists(repository, map):
+            raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist")
+        return tags
+
+    def repositories(self) -> list[str]:
+        """The repositories holding at least one map, by name."""
+        out = self._git("for-each-ref", "--format=%(refname)", names.NAMESPACE).stdout
+        found = set()
+        for ref in out.splitlines():
+            name = names.parse_ref(ref)
+            if isinstance(name, (names.TagName, names.MetadataName)):
+                found.add(name.repository)
+        return sorted(found)
+
+    def maps(self, repository: str) -> list[str]:
+        """The maps of a repository, by name; MAP_UNKNOWN if it holds none."""
+        out = self._git("for-each-ref", "--format=%(refname)", *names.repository_prefixes(repository)).stdout
+        found = {name.map for name in map(names.parse_ref, out.splitlines())
+                 if isinstance(name, (names.TagName, names.MetadataName)) and name.repository == repository}
+        if not found:
+            raise errors.MAP_UNKNOWN(f"repository {repository} holds no map")
+        return sorted(found)
+
+    def tags_using(self, kind: str, digest: str, readable: Callable[[str], bool] = lambda r: True) -> list[Tag]:
+        """The tags, in repositories ``readable`` allows, whose map (or config) is ``digest``.
+        Reads every tag's commit message: its cost grows with the registry."""
+        names.digest_hex(digest)
+        field = f"{kind}_digest: {digest}\n"
+        return [tag for tag in self._tags_under(names.NAMESPACE, lambda body: field in body)
+                if readable(tag.repository)]
+
+    def all_tags(self) -> list[Tag]:
+        return self._tags_under(names.NAMESPACE)
+
+    def _tags_under(self, prefix: str, keep: Callable[[str], bool] = lambda body: True) -> list[Tag]:
+        fmt = "%(refname) %(objectname) %(committerdate:unix)%0a%(contents:body)%00"
+        out = self._git("for-each-ref", f"--format={fmt}", prefix).stdout
+        tags = []
+        for record in out.split("\0\n"):
+            head, _, body = record.partition("\n")
+            parts = head.split(" ")
+            if len(parts) != 3 or not keep(body):
+                continue
+            name = names.parse_ref(parts[0])
+            fields = rules.tag_digests(body)
+            if isinstance(name, names.TagName) and len(fields) == 2:
+                tags.append(Tag(name.repository, name.map, name.tag, fields["map_digest"],
+                                fields["config_digest"], int(parts[2]), parts[1], "", ""))
+        return tags
+
+    # -- maps and configs by digest ----------------------------------------------
+
+    def get_blob(self, kind: str, digest: str) -> Blob:
+        """A stored map or config by digest; BLOB_UNKNOWN if it was not uploaded as ``kind``."""
+        oid = self._require_blob(kind, digest, "digest")
+        _, size = self.repo.odb.read_header(oid)
+
+        def chunks(first: int, length: int) -> Iterator[bytes]:
+            _, stream = objects.read_blob(self.path, oid)
+            return objects.window(stream, first, length)
+
+        return Blob(kind, digest, oid, size, chunks)
+
     # -- metadata ------------------------------------------------------------
 
-    def get_metadata(self, repository: str, map: str) -> Metadata:
-        commit = self._metadata_head(repository, map)
+    def get_metadata(self, repository: str, map: str, at: int | str | None = None) -> Metadata:
+        """The map's metadata now, or as it was ``at`` a time (unix seconds: after the last change
+        at or before it) or a commit of its history (a full commit id)."""
+        commit = self._metadata_at(repository, map, at)
         if commit is None:
             return Metadata({}, EMPTY_TREE)
         items = {entry.name: self.repo[entry.id].data.decode("utf-8") for entry in commit.tree}
-        return Metadata(items, str(commit.tree.id))
+        return Metadata(items, str(commit.tree.id), str(commit.id))
 
-    def get_metadata_value(self, repository: str, map: str, key: str) -> str:
-        commit = self._metadata_head(repository, map) if names.is_key(key) else None
-        if commit is None or key not in commit.tree:
-            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
-        return self.repo[commit.tree[key].id].data.decode("utf-8")
+    def get_metadata_value(self, repository: str, map: str, key: str,
+                           at: int | str | None = None) -> tuple[str, str | None]:
+        """One value and the metadata commit it was read from."""
+        commit = self._metadata_at(repository, map, at)
+        if commit is None or not names.is_key(key) or key not in commit.tree:
+            when = "" if at is None else f" at {at}"
+            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
+        return self.repo[commit.tree[key].id].data.decode("utf-8"), str(commit.id)
 
-    def set_metadata(self, repository: str, map: str, items: dict[str, str]) -> list[str]:
+    def _metadata_at(self, repository: str, map: str, at: int | str | None) -> pygit2.Commit | None:
+        commit = self._metadata_head(repository, map)
+        if at is None:
+            return commit
+        for older in self._first_parents(commit):
+            if (str(older.id) == at) if isinstance(at, str) else older.commit_time <= at:
+                return older
+        if isinstance(at, str):
+            raise errors.COMMIT_UNKNOWN(f"commit {at} is not in the metadata history of {repository}/{map}")
+        return None
+
+    def _first_parents(self, commit: pygit2.Commit | None) -> Iterator[pygit2.Commit]:
+        while commit is not None:
+            yield commit
+            commit = commit.parents[0] if commit.parents else None
+
+    def history(self, repository: str, map: str) -> list[Change]:
+        """What happened to a map, newest first: its tags' creations and deletions and its
+        metadata changes, from the tags' commits and the metadata history."""
+        head = self._metadata_head(repository, map)
+        changes: list[Change] = []
+        for commit in self._first_parents(head):
+            changes.extend(_describe_change(self.repo, commit))
+        for tag in self._tags_under(names.tags_prefix(repository, map)):
+            author = self.repo[tag.commit].author
+            changes.append(Change(tag.created, _actor(author.name, author.email), "create-tag", tag.commit,
+                                  tag.tag, (), tag.map_digest, tag.config_digest))
+        # Newest first; within one second, a tag's creation before what was done to it.
+        order = {"create-tag": 1}
+        changes.sort(key=lambda c: (-c.time, order.get(c.action, 0)))
+        return changes
+
+    def set_metadata(self, repository: str, map: str, items: dict[str, str], actor: str | None = None) -> list[str]:
         """Merge ``items`` into the map's metadata; return the keys whose value changed."""
         self.require_map(repository, map)
         for key, value in items.items():
@@ -248,9 +431,9 @@ class Store:
             body = "".join(f"{key}={items[key]}\n" for key in changed)
             return changed, f"set {', '.join(changed)}\n\n{body}"
 
-        return self._change_metadata(repository, map, change)
+        return self._change_metadata(repository, map, change, actor)
 
-    def delete_metadata(self, repository: str, map: str, key: str) -> None:
+    def delete_metadata(self, repository: str, map: str, key: str, actor: str | None = None) -> None:
         self.require_map(repository, map)
         unknown = errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
         if not names.is_key(key):
@@ -262,10 +445,10 @@ class Store:
             builder.remove(key)
             return [key], f"delete {key}\n"
 
-        self._change_metadata(repository, map, change)
+        self._change_metadata(repository, map, change, actor)
 
     def require_map(self, repository: str, map: str) -> None:
-        """MAP_UNKNOWN unless the map exists."""
+        """MAP_UNKNOWN unless the map exists (has a tag or a metadata history)."""
         self._metadata_head(repository, map)
 
     def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
@@ -278,8 +461,8 @@ class Store:
         return None
 
     def _change_metadata(self, repository: str, map: str,
-                         change: Callable[[pygit2.TreeBuilder, pygit2.Tree | None], tuple[list[str], str]]
-                         ) -> list[str]:
+                         change: Callable[[pygit2.TreeBuilder, pygit2.Tree | None], tuple[list[str], str]],
+                         actor: str | None = None) -> list[str]:
         """Apply ``change`` to (a builder of) the newest metadata tree as one commit,
         compare-and-swap, retried."""
         name = names.metadata_ref(repository, map)
@@ -292,7 +475,7 @@ class Store:
             changed, message = change(builder, parent.tree if parent is not None else None)
             if not changed:
                 return changed
-            commit = repo.create_commit(None, _signature(), _signature(), message, builder.write(),
+            commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(),
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else rules.ZERO
             rules.require(rules.Change(name, old, str(commit)), self._view())
@@ -379,6 +562,18 @@ class Store:
 
         return self._retrying(attempt)
 
+    def _transaction(self, commands: str, ref: str) -> None:
+        """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none."""
+        result = subprocess.run(["git", "--git-dir", self.path, "update-ref", "--stdin"], input=commands,
+                                capture_output=True, text=True, env=objects.GIT_ENV)
+        if result.returncode == 0:
+            self._changed()
+            return
+        if any(sign in result.stderr for sign in ("but expected", "reference already exists", ".lock",
+                                                   "unable to resolve reference", "reference is missing")):
+            raise _Contended(ref, result.stderr.strip())
+        raise RuntimeError(f"git update-ref --stdin failed: {result.stderr.strip()}")
+
     def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "--git-dir", self.path, *args], check=check, capture_output=True,
                               text=True, env=objects.GIT_ENV)
@@ -396,6 +591,43 @@ class Store:
                 _break_stale_lock(self.path, exc.ref)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
+
+    # -- operations (health and metrics) ---------------------------------------
+
+    READY_PROBE = "tmp_wogit_ready"  # in objects/, like git's own temporaries (`git prune` sweeps tmp_*)
+
+    def counts(self) -> dict[str, int]:
+        """How many maps, configs and tags the registry holds (one ``git for-each-ref``)."""
+        found = {"maps": 0, "configs": 0, "tags": 0}
+        for ref in self._git("for-each-ref", "--format=%(refname)", names.NAMESPACE).stdout.splitlines():
+            name = names.parse_ref(ref)
+            if isinstance(name, names.BlobName):
+                found["maps" if name.kind == names.MAP else "configs"] += 1
+            elif isinstance(name, names.TagName):
+                found["tags"] += 1
+        return found
+
+    def check_ready(self) -> None:
+        """Raise NOT_READY unless the repository's refs can be read and a file written and
+        synced in its objects directory (where every upload goes)."""
+        read = self._git("for-each-ref", "--count=1", "--format=%(refname)", names.NAMESPACE, check=False)
+        if read.returncode != 0:
+            raise errors.NOT_READY(f"cannot read the repository's refs: {read.stderr.strip() or read.returncode}")
+        probe = os.path.join(self.objects_dir, self.READY_PROBE)
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ready\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass  # a concurrent check removed it first: both wrote
+        except OSError as exc:
+            raise errors.NOT_READY(f"cannot write in the repository's objects directory: "
+                                   f"{exc.strerror or exc}") from None
 
 
 #: The registry's git settings: objects and refs synced to disk, pushed objects checked.
@@ -459,8 +691,49 @@ def _break_stale_lock(git_dir: str, ref: str) -> None:
     os.unlink(aside)
 
 
-def _signature() -> pygit2.Signature:
-    return pygit2.Signature(*IDENTITY, int(time.time()), 0)
+def _signature(actor: str | None = None) -> pygit2.Signature:
+    """The registry's own identity, or (as a commit's author) the user who asked for the change."""
+    if actor is None:
+        return pygit2.Signature(*IDENTITY, int(time.time()), 0)
+    return pygit2.Signature(urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time()), 0)
+
+
+def _actor(name: str, email: str) -> str | None:
+    """The user an author line names (None: the registry itself, for an anonymous client)."""
+    return urllib.parse.unquote(name) if email == USER_EMAIL else None
+
+
+_CREATED_BY = re.compile(r"^created_by: (.*) <(.*)>$", re.M)
+_CREATED = re.compile(r"^created: (\d+)$", re.M)
+_TAG_COMMIT = re.compile(r"^tag_commit: ([0-9a-f]{40})$", re.M)
+
+
+def _describe_change(repo: pygit2.Repository, commit: pygit2.Commit) -> list[Change]:
+    """The history entries one metadata commit records: a tag's deletion (which also recalls
+    the deleted tag's creation), or the keys it set and deleted (from the trees themselves, so
+    commits pushed with git are described too)."""
+    user = _actor(commit.author.name, commit.author.email)
+    subject, _, body = commit.message.partition("\n")
+    if subject.startswith(DELETE_TAG + " ") and _TAG_COMMIT.search(body):
+        tag = subject[len(DELETE_TAG) + 1:].strip()
+        fields = rules.tag_digests(body)
+        deleted = Change(commit.commit_time, user, "delete-tag", str(commit.id), tag, (),
+                         fields.get("map_digest"), fields.get("config_digest"))
+        created, by = _CREATED.search(body), _CREATED_BY.search(body)
+        if created is None:
+            return [deleted]
+        return [deleted, Change(int(created.group(1)), _actor(*by.groups()) if by else None, "create-tag",
+                                _TAG_COMMIT.search(body).group(1), tag, (), deleted.map_digest,
+                                deleted.config_digest)]
+    before = {e.name: e.id for e in commit.parents[0].tree} if commit.parents else {}
+    after = {e.name: e.id for e in commit.tree}
+    changed = tuple(sorted(k for k, oid in after.items() if before.get(k) != oid))
+    removed = tuple(sorted(k for k in before if k not in after))
+    if changed and removed:
+        return [Change(commit.commit_time, user, "change-metadata", str(commit.id), keys=changed + removed)]
+    if removed:
+        return [Change(commit.commit_time, user, "delete-metadata", str(commit.id), keys=removed)]
+    return [Change(commit.commit_time, user, "set-metadata", str(commit.id), keys=changed)] if changed else []
 
 
 def _peek(stream: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import bottle
 
@@ -37,6 +38,23 @@ def _body_pending(environ: dict) -> bool:
         # No framing at all: whatever the client sends next is not a request to trust.
         return environ.get("REQUEST_METHOD") in ("PUT", "POST", "PATCH")
     return environ["CONTENT_LENGTH"] not in ("", "0")
+
+
+def iso_time(seconds: int) -> str:
+    """A git time (whole seconds) as the API writes times: ISO-8601 in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def http_date(seconds: int) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(seconds))
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names ``etag`` (weak comparison, as RFC 9110 says)."""
+    if not if_none_match:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
+    return "*" in candidates or etag in candidates
 
 
 def header(name: str) -> str | None:

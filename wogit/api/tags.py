@@ -1,7 +1,7 @@
-"""``PUT`` and ``GET`` ``/<repository>/<map>/<tag_id>``: create a tag, download it as a tarball."""
+"""``PUT``, ``GET`` and ``DELETE`` ``/<repository>/<map>/<tag_id>``: create a tag, download it
+as a tarball, delete it."""
 
 import json
-import time
 
 import bottle
 
@@ -9,7 +9,8 @@ from wogit import errors, names
 from wogit.access import Level
 from wogit.api.body import Body
 from wogit.api.gate import USER
-from wogit.api.responses import header, json_response
+from wogit.api.listing import describe_tag
+from wogit.api.responses import etag_matches, header, http_date, json_response
 
 
 def install(app, store, settings) -> None:
@@ -19,7 +20,13 @@ def install(app, store, settings) -> None:
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
         tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"],
                                actor=bottle.request.environ.get(USER))
-        return json_response(201, _describe(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
+        return json_response(201, describe_tag(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
+
+    @app.delete("/<repository>/<map>/<tag_id>", need=Level.DELETE)
+    def delete_tag(repository, map, tag_id):
+        names.check_tag_name(repository, map, tag_id)
+        tag = store.delete_tag(repository, map, tag_id, actor=bottle.request.environ.get(USER))
+        return json_response(200, describe_tag(tag))
 
     @app.get("/<repository>/<map>/<tag_id>", need=Level.READ)
     def get_tag(repository, map, tag_id):
@@ -27,10 +34,10 @@ def install(app, store, settings) -> None:
         archive = store.archive(repository, map, tag_id)
         headers = {
             "ETag": archive.etag,
-            "Last-Modified": _http_date(archive.tag.created),
+            "Last-Modified": http_date(archive.tag.created),
             "Cache-Control": "no-cache",
         }
-        if _matches(header("If-None-Match"), archive.etag):
+        if etag_matches(header("If-None-Match"), archive.etag):
             return bottle.HTTPResponse(b"", 304, headers)
         headers.update({
             "Content-Type": "application/gzip",
@@ -55,20 +62,3 @@ def _tag_fields(text: str) -> dict[str, str]:
         if not isinstance(fields.get(field), str):
             raise errors.BODY_INVALID(f"the tag body needs {field!r} as a string")
     return fields
-
-
-def _describe(tag) -> dict:
-    return {"repository": tag.repository, "map": tag.map, "tag": tag.tag,
-            "map_digest": tag.map_digest, "config_digest": tag.config_digest,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(tag.created))}
-
-
-def _http_date(seconds: int) -> str:
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(seconds))
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
-    return "*" in candidates or etag in candidates

@@ -1,4 +1,4 @@
-"""``GET /v1``: the readiness check."""
+"""``GET /v1``: the version, and who may do what."""
 
 from wogit import __version__
 from wogit.api.responses import json_response

@@ -1,0 +1,123 @@
+"""``GET``/``HEAD`` ``/blobs/<digest>`` and ``/configs/<digest>``: a map or config by digest, whole
+or a byte range; ``.../_tags``: the tags that use it.
+
+Knowing a digest is not a permission: the content is readable by whoever may read a
+repository with a tag that uses it, and (untagged uploads) by whoever may write somewhere.
+"""
+
+from __future__ import annotations
+
+import re
+
+import bottle
+
+from wogit import errors, names
+from wogit.access import Level
+from wogit.api import pages
+from wogit.api.gate import ANY, USER
+from wogit.api.listing import describe_tag
+from wogit.api.responses import etag_matches, header, json_response
+
+TYPES = {names.MAP: "application/octet-stream", names.CONFIG: "text/plain; charset=utf-8"}
+HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def install(app, store, settings) -> None:
+    def unknown(kind: str, digest: str) -> errors.WogitError:
+        # One answer for "never uploaded" and "not yours to read": a digest's existence does not leak.
+        return errors.BLOB_UNKNOWN(f"digest {digest} names no uploaded {kind} that you may read")
+
+    def find(kind: str, digest: str):
+        readable(kind, digest)
+        try:
+            return store.get_blob(kind, digest)
+        except errors.WogitError as exc:
+            if exc.code is errors.BLOB_UNKNOWN:
+                raise unknown(kind, digest) from None
+            raise
+
+    def readable(kind: str, digest: str) -> None:
+        """404 unless the client may read this content (after its digest was checked)."""
+        user, policy = bottle.request.environ.get(USER), app.gate.policy
+        if policy.level_everywhere(user) >= Level.READ:
+            return
+        using = store.tags_using(kind, digest)
+        if any(policy.level(user, tag.repository) >= Level.READ for tag in using):
+            return
+        if not using and policy.level(user, None) >= Level.WRITE:
+            return
+        raise unknown(kind, digest)
+
+    def get(kind: str, digest: str):
+        names.digest_hex(digest)
+        blob = find(kind, digest)
+        etag = f'"{digest}"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", HEADERS[kind]: digest,
+                   "Cache-Control": "max-age=31536000, immutable"}
+        if etag_matches(header("If-None-Match"), etag):
+            return bottle.HTTPResponse(b"", 304, headers)
+        first, last = _range(header("Range"), header("If-Range"), etag, blob.size)
+        headers["Content-Type"] = TYPES[kind]
+        headers["Content-Length"] = str(last - first + 1)
+        status = 200
+        if (first, last) != (0, blob.size - 1):
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{blob.size}"
+        body = [] if bottle.request.method == "HEAD" else blob.chunks(first, last - first + 1)
+        return bottle.HTTPResponse(body, status, headers)
+
+    def using(kind: str, digest: str):
+        names.digest_hex(digest)
+        find(kind, digest)  # 404 for a digest never uploaded as this kind
+        user, policy = bottle.request.environ.get(USER), app.gate.policy
+        tags = store.tags_using(kind, digest, lambda r: policy.level(user, r) >= Level.READ)
+        tags.sort(key=_place)
+        last = pages.last()
+        start = pages.after(tags, _place, tuple(last.split("/"))) if last is not None else 0
+        chosen, headers = pages.page(tags, lambda t: "/".join(_place(t)), start)
+        return json_response(200, {"tags": [describe_tag(t) for t in chosen]}, headers)
+
+    @app.route("/blobs/<digest>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
+    def get_map(digest):
+        return get(names.MAP, digest)
+
+    @app.route("/configs/<digest>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
+    def get_config(digest):
+        return get(names.CONFIG, digest)
+
+    # Only a digest has a ':', never a map name: /blobs/<map>/_tags stays a repository's map.
+    @app.get("/blobs/<digest:re:[^/]*:[^/]*>/_tags", need=Level.READ, scope=ANY)
+    def get_map_tags(digest):
+        return using(names.MAP, digest)
+
+    @app.get("/configs/<digest:re:[^/]*:[^/]*>/_tags", need=Level.READ, scope=ANY)
+    def get_config_tags(digest):
+        return using(names.CONFIG, digest)
+
+
+def _place(tag) -> tuple[str, str, str]:
+    return tag.repository, tag.map, tag.tag
+
+
+def _range(value: str | None, if_range: str | None, etag: str, size: int) -> tuple[int, int]:
+    """The first and last byte a Range header asks for (the whole body if it asks for none, for
+    several ranges, or with an If-Range that is not this ETag); 416 if it starts past the end."""
+    whole = (0, size - 1)
+    if value is None or (if_range is not None and if_range.strip() != etag):
+        return whole
+    match = _RANGE.fullmatch(value.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return whole  # a syntax this server does not serve (several ranges, other units): ignored
+    first, last = match.groups()
+    if first == "":
+        if int(last) == 0:
+            raise errors.RANGE_NOT_SATISFIABLE("the range asks for the last 0 bytes",
+                                               {"Content-Range": f"bytes */{size}"})
+        return max(size - int(last), 0), size - 1
+    if int(first) >= size or (last and int(last) < int(first)):
+        if last and int(last) < int(first):
+            return whole  # an invalid range is ignored (RFC 9110, 14.2)
+        raise errors.RANGE_NOT_SATISFIABLE(f"the range starts at byte {first}, but the content has {size} bytes",
+                                           {"Content-Range": f"bytes */{size}"})
+    return int(first), min(int(last), size - 1) if last else size - 1
