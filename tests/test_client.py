@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -177,15 +178,19 @@ def run_on_terminal(home: Path, *args: str) -> tuple[int, str, str]:
 
 
 def test_progress_bar_on_a_terminal_and_none_in_a_pipe(server, unique, home, tmp_path):
-    code, _, terminal = run_on_terminal(home, "push", f"{unique}/area:v1", "--map", str(TEST_MAP),
+    big = tmp_path / "big.pbf"  # a map of its own, so that this push uploads it
+    big.write_bytes(MAP_BYTES * 3)
+    code, _, terminal = run_on_terminal(home, "push", f"{unique}/area:v1", "--map", str(big),
                                         "--config", str(TEST_CONFIG), "--registry", server.url)
     assert code == 0
+    assert "map: 100%|" in terminal and "B/s]" in terminal
+    assert f"{len(MAP_BYTES) * 3 / 1024:.0f}k/{len(MAP_BYTES) * 3 / 1024:.0f}k" in terminal
     code, stdout, terminal = run_on_terminal(home, "pull", f"{unique}/area:v1", "-o", str(tmp_path / "a"),
                                              "--registry", server.url)
     assert code == 0
     assert stdout.startswith(f"pulled {unique}/area:v1 into ")
     assert "map: 100%|" in terminal and "B/s]" in terminal and "config: 100%|" in terminal
-    size = f"{len(MAP_BYTES) / 1024:.0f}k"  # 134k: tqdm's binary units
+    size = f"{len(MAP_BYTES) * 3 / 1024:.0f}k"  # 402k: tqdm's binary units
     assert f"{size}/{size}" in terminal
 
     code, _, terminal = run_on_terminal(home, "pull", f"{unique}/area:v1", "-o", str(tmp_path / "b"),
@@ -193,7 +198,9 @@ def test_progress_bar_on_a_terminal_and_none_in_a_pipe(server, unique, home, tmp
     assert (code, terminal) == (0, "")
     piped = wogit(home, "pull", f"{unique}/area:v1", "-o", str(tmp_path / "c"), "--registry", server.url)
     assert (piped.returncode, piped.stderr) == (0, "")
-    assert_release(tmp_path / "c", "")
+    assert (tmp_path / "c" / "map").read_bytes() == MAP_BYTES * 3
+    quiet = wogit(home, "pull", f"{unique}/area:v1", "-o", str(tmp_path / "d"), "--registry", server.url, "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
 # -- interrupted downloads ----------------------------------------------------------------
@@ -422,6 +429,11 @@ def test_credentials_from_the_environment(auth_server, home, tmp_path):
     assert pull.returncode == 0, pull.stderr
     assert PASSWORD not in result.stdout + result.stderr + pull.stdout + pull.stderr
     assert_release(tmp_path / "out", "")
+    in_url = auth_server.url.replace("http://", f"http://alice:{quote(PASSWORD, safe='')}@")
+    by_url = wogit(home, "meta", "get", "osm/area", "--registry", in_url, "--json")
+    assert as_json(by_url) == {"metadata": {}, "commit": None}
+    wrong = wogit(home, "meta", "get", "osm/area", "--registry", in_url.replace("alice", "bob"))
+    assert wrong.returncode == 4 and quote(PASSWORD, safe="") not in wrong.stderr and PASSWORD not in wrong.stderr
 
 
 def test_credentials_from_a_netrc_file(auth_server, home, tmp_path):
@@ -633,3 +645,29 @@ def test_the_readme_client_session_runs_as_written(fresh_server, home, tmp_path)
     run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout, run.stderr) == (0, f"False False {len(MAP_BYTES)} ['v1']\n", "")
     assert_release(tmp_path / "again", "license=ODbL-1.0\nregion=helsinki\nsource=openstreetmap\n")
+
+
+# -- the Python API -----------------------------------------------------------------------
+
+def test_the_python_api_returns_dataclasses_and_raises_typed_errors(server, unique, tmp_path):
+    from wogit import client
+
+    with client.Client(server.url, page_size=1) as registry:
+        pushed = registry.push(unique, "area", "v1", TEST_MAP, TEST_CONFIG, {"k": "v"})
+        assert (pushed.tag_created, pushed.map_digest, pushed.metadata_set) == (True, MAP_DIGEST, ["k"])
+        registry.push(unique, "area", "v2", TEST_MAP, TEST_CONFIG)
+        tags = list(registry.tags(unique, "area"))
+        assert [(t.repository, t.map, t.tag, t.map_digest, t.config_digest) for t in tags] == [
+            (unique, "area", "v1", MAP_DIGEST, CONFIG_DIGEST), (unique, "area", "v2", MAP_DIGEST, CONFIG_DIGEST)]
+        assert list(registry.maps(unique)) == ["area"]
+        assert registry.metadata(unique, "area").values == {"k": "v"}
+        assert registry.has(client.MAP, MAP_DIGEST) and registry.has(client.CONFIG, CONFIG_DIGEST)
+        assert not registry.has(client.MAP, sha256(b"never uploaded"))
+        pulled = registry.pull(unique, "area", "v2", tmp_path / "out")
+        assert (pulled.map_size, pulled.resumed_bytes, pulled.retries) == (len(MAP_BYTES), 0, 0)
+        with pytest.raises(client.NotFound) as missing:
+            registry.tag_digests(unique, "area", "v3")
+        assert (missing.value.status, missing.value.msg, missing.value.exit_code) == (
+            404, f"tag {unique}/area/v3 does not exist", 3)
+    assert client.file_digest(TEST_MAP) == MAP_DIGEST
+    assert client.parse_metadata("a=1\nb=x=y\n") == {"a": "1", "b": "x=y"}

@@ -46,10 +46,6 @@ class ClientError(Exception):
         self.status = status
 
 
-class UsageError(ClientError):
-    exit_code = 2
-
-
 class NotFound(ClientError):
     exit_code = 3
 
@@ -86,6 +82,8 @@ def error_of(response: requests.Response) -> ClientError:
         msg = response.json()["msg"]
     except (ValueError, KeyError, TypeError):
         msg = f"{response.status_code} {response.reason}"
+    if response.headers.get("Retry-After") and str(response.headers["Retry-After"]) not in msg:
+        msg += f" (retry after {response.headers['Retry-After']} s)"
     return _BY_STATUS.get(response.status_code, ClientError)(msg, response.status_code)
 
 
@@ -146,7 +144,7 @@ class MetadataValue:
 class HistoryEntry:
     time: str
     user: str | None
-    action: str             # create-tag, delete-tag, set-metadata, delete-metadata
+    action: str             # create-tag, delete-tag, set-metadata, delete-metadata, change-metadata (by git)
     commit: str
     tag: str | None = None
     keys: list[str] | None = None
@@ -295,6 +293,8 @@ class Client:
             yield from response.json()[key]
             following = response.links.get("next", {}).get("url")
             url, params = (urljoin(response.url, following), None) if following else (None, None)
+            if url and not url.startswith(self.url + "/"):  # credentials go to the registry only
+                raise ClientError(f"the registry's next page is elsewhere: {url}")
 
     # -- transfers -----------------------------------------------------------------
 
