@@ -24,7 +24,7 @@ from urllib.parse import quote, urljoin
 import requests
 import urllib3
 
-from wogit import __version__
+from wogit import __version__, client_config
 from wogit.client_config import DEFAULT_REGISTRY, Credentials
 
 CHUNK = 1 << 16  # what a download writes (and flushes) at a time: a killed run keeps all but the last chunk
@@ -179,11 +179,12 @@ def file_digest(path: str | os.PathLike) -> str:
 # -- the client ---------------------------------------------------------------------
 
 class Client:
-    """One registry. ``ask`` is called once, on a 401 answered to a client without credentials,
-    for credentials to retry with; ``progress`` makes a progress bar for each transfer."""
+    """One registry. ``ask(url)`` is called once, on a 401 answered to a client without credentials,
+    for credentials to retry with; ``progress`` makes a progress bar for each transfer; ``retries``
+    is how often a broken download is resumed within one pull."""
 
     def __init__(self, url: str = DEFAULT_REGISTRY, credentials: Credentials | None = None, *,
-                 ask: Callable[[], Credentials | None] | None = None, progress: ProgressFactory | None = None,
+                 ask: Callable[[str], Credentials | None] | None = None, progress: ProgressFactory | None = None,
                  page_size: int | None = None, retries: int = 5, timeout: tuple[float, float] = (10, 300)):
         self.url = url.rstrip("/")
         self.credentials = credentials
@@ -194,6 +195,12 @@ class Client:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"wogit/{__version__}"
+
+    @classmethod
+    def configured(cls, registry: str | None = None, **options) -> Client:
+        """A client of the registry and credentials the ``wogit`` commands would use (``client_config``)."""
+        found = client_config.resolve(registry)
+        return cls(found.url, found.credentials, **options)
 
     def close(self) -> None:
         self.session.close()
@@ -384,7 +391,7 @@ class Client:
         while True:
             response = self._send(method, url, body, kwargs)
             if response.status_code == 401 and self.credentials is None and self.ask:
-                self.credentials, self.ask = self.ask(), None
+                self.credentials, self.ask = self.ask(self.url), None
                 if self.credentials is not None:
                     response.close()
                     continue

@@ -93,9 +93,8 @@ def run(args) -> int:
     from wogit import client_config
 
     try:
-        registry = client_config.resolve(args.registry)
-        with api.Client(registry.url, registry.credentials, ask=lambda: client_config.prompt(registry.url),
-                        progress=_progress(args), page_size=getattr(args, "page_size", None)) as client:
+        with api.Client.configured(args.registry, ask=client_config.prompt, progress=_progress(args),
+                                   page_size=getattr(args, "page_size", None)) as client:
             document, text = _COMMANDS[args.command](client, args)
     except (_Usage, client_config.ConfigError) as exc:
         return _fail(args, str(exc), 2)
