@@ -383,20 +383,24 @@ def test_connection_refused_is_exit_7(home):
     assert result.stderr == f"wogit: cannot reach http://127.0.0.1:{port}: Connection refused\n"
 
 
-def test_usage_errors_are_exit_2(home, tmp_path):
-    for args, message in [
-        (["pull", "osm/area"], "'osm/area' is not REPO/MAP:TAG"),
-        (["pull", "OSM/area:v1"], "'OSM/area' is not REPO/MAP (names: [a-z0-9]+([._-][a-z0-9]+)*, at most 64 characters)"),
-        (["meta", "set", "osm/area", "novalue"], "'novalue' is not KEY=VALUE"),
-        (["push", "osm/area:v1", "--map", str(tmp_path / "absent"), "--config", str(TEST_CONFIG)],
-         None),
-    ]:
-        result = wogit(home, *args, "--registry", "http://127.0.0.1:9")
-        if message is None:  # a file that cannot be read: nothing was sent
-            assert (result.returncode, result.stderr) == (1, f"wogit: {tmp_path / 'absent'}: No such file or directory\n")
-        else:
-            assert (result.returncode, result.stderr) == (2, f"wogit: {message}\n")
-    assert wogit(home, "pull").returncode == 2  # argparse
+@pytest.mark.parametrize("args, code, message", [
+    (["pull", "osm/area"], 2, "'osm/area' is not REPO/MAP:TAG"),
+    (["pull", "OSM/area:v1"], 2, "'OSM/area' is not REPO/MAP (names: [a-z0-9]+([._-][a-z0-9]+)*, at most 64 characters)"),
+    (["pull", "osm/area:metadata"], 2, "'metadata' is not a tag name ([A-Za-z0-9][A-Za-z0-9._-]{0,127}, not "
+                                       "'metadata', no '..', not ending in '.' or '.lock')"),
+    (["meta", "set", "osm/area", "novalue"], 2, "'novalue' is not KEY=VALUE"),
+    (["push", "osm/area:v1", "--map", "absent.pbf", "--config", str(TEST_CONFIG)], 1,
+     "absent.pbf: No such file or directory"),  # before anything is sent
+])
+def test_mistakes_are_found_before_asking_the_registry(home, args, code, message):
+    result = wogit(home, *args, "--registry", "http://127.0.0.1:9")  # nothing listens there
+    assert (result.returncode, result.stdout, result.stderr) == (code, "", f"wogit: {message}\n")
+
+
+def test_argparse_usage_errors_are_exit_2(home):
+    result = wogit(home, "pull")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.endswith("wogit pull: error: the following arguments are required: REPO/MAP:TAG\n")
 
 
 @pytest.fixture
