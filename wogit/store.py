@@ -219,7 +219,7 @@ class Store:
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
         commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(), [])
-        rules.require(rules.Change(ref, rules.ZERO, str(commit)), self._view())
+        rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
                              WO_USER=actor)
@@ -286,7 +286,8 @@ class Store:
             commit = repo.create_commit(None, _signature(actor), _signature(), message, tree,
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else ZERO_OID
-            rules.require(rules.Change(history, old, str(commit)), self._view())
+            rules.require(rules.Change(history, old, str(commit)), rules.Change(ref, found.commit, ZERO_OID),
+                          view=self._view())
             self._transaction(f"delete {ref} {found.commit}\nupdate {history} {commit} {old}\n", ref)
             return found
 
@@ -478,7 +479,7 @@ class Store:
             commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(),
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else rules.ZERO
-            rules.require(rules.Change(name, old, str(commit)), self._view())
+            rules.require(rules.Change(name, old, str(commit)), view=self._view())
             if ref is None:
                 if not self._create_ref(name, commit):
                     raise _Contended(name)
