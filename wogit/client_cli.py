@@ -20,8 +20,8 @@ COMMANDS = ("push", "pull", "tags", "ls", "history", "rm", "meta")
 
 EXIT_CODES = """exit codes:
   0  success
-  1  any other failure (a server error, a file that cannot be written, ...)
-  2  usage error (bad arguments, a malformed reference, an unreadable client config)
+  1  any other failure (a server error, a file that cannot be read or written)
+  2  usage error (bad arguments, a malformed reference, an unreadable client config or netrc)
   3  not found (404: repository, map, tag, metadata key or digest)
   4  authentication or permission refused (401, 403, 429)
   5  conflict (409: the tag exists with other digests)
@@ -44,10 +44,10 @@ def add_parsers(commands) -> None:
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--page-size", type=int, metavar="N", help="items per request (1-1000; the server's default 100)")
 
-    def command(name: str, help: str, *parents) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                                   parents=[common, *parents], epilog=EXIT_CODES,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, help: str, *parents, within=commands) -> argparse.ArgumentParser:
+        return within.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                 parents=[common, *parents], epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
     push = command("push", "upload a map and its config, tag them and set metadata")
     push.add_argument("reference", metavar="REPO/MAP:TAG")
@@ -71,19 +71,18 @@ def add_parsers(commands) -> None:
     meta = commands.add_parser("meta", help="read and change a map's metadata", epilog=EXIT_CODES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = meta.add_subparsers(dest="meta_command", required=True, metavar="{get,set,rm,ls}")
-    get = verbs.add_parser("get", parents=[common], epilog=EXIT_CODES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, help="print all metadata (key=value lines) or one value")
-    get.add_argument("reference", metavar="REPO/MAP")
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        parser = command(name, help, within=verbs)
+        parser.add_argument("reference", metavar="REPO/MAP")
+        return parser
+
+    get = verb("get", "print all metadata (key=value lines) or one value")
     get.add_argument("key", nargs="?")
     get.add_argument("--at", metavar="WHEN", help="as it was at an ISO-8601 time or a commit id of `wogit history`")
-    put = verbs.add_parser("set", parents=[common], help="merge KEY=VALUE pairs into the metadata")
-    put.add_argument("reference", metavar="REPO/MAP")
-    put.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
-    remove = verbs.add_parser("rm", parents=[common], help="delete a key")
-    remove.add_argument("reference", metavar="REPO/MAP")
-    remove.add_argument("key")
-    keys = verbs.add_parser("ls", parents=[common], help="list the keys")
-    keys.add_argument("reference", metavar="REPO/MAP")
+    verb("set", "merge KEY=VALUE pairs into the metadata").add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    verb("rm", "delete a key").add_argument("key")
+    keys = verb("ls", "list the keys")
     keys.add_argument("--at", metavar="WHEN", help="as it was at an ISO-8601 time or a commit id")
 
 
