@@ -8,6 +8,8 @@ and never slows or fails a write. Waits poll with a deadline; no timing is asser
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sys
 import subprocess
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import TEST_CONFIG, TEST_MAP, fsck, refs
+from conftest import TEST_CONFIG, TEST_MAP, fsck, git_blob_id, index_tree_id, refs
 from test_access_control import make_users
 from test_git_http import run_git, tag_through_git
 
@@ -196,3 +198,30 @@ def test_a_push_mirror_to_a_guarded_registry_sends_the_urls_credentials(fresh_se
     status = requests.get(primary.url + "/_status").json()["push_mirrors"][0]
     assert status["url"] == target.url.replace("http://", "http://pusher:***@") + "/_git"
     assert "pusher:pw" not in primary.log_text() and "pusher%3Apw" not in primary.log_text()
+
+
+def test_deletions_and_gc_sweeps_reach_a_mirror_registry_through_its_rules(fresh_server):
+    """A tag's deletion travels with its record in the map's history, and a swept index ref only
+    when no tag uses it: the mirror registry's pre-receive rules accept both."""
+    target = fresh_server()
+    primary = fresh_server(None, "--push-mirror", target.url + "/_git", "--mirror-interval", "0.2")
+    m, c = primary.push("osm/city/v1", b"map one", CONFIG)
+    primary.push("osm/city/v2", b"map two", CONFIG)
+    wait_for(lambda: refs(target.data) == refs(primary.data), 20, "the mirror catching up")
+    assert requests.delete(primary.url + "/osm/city/v1").status_code == 200
+    wait_for(lambda: refs(target.data) == refs(primary.data), 20, "the deletion on the mirror")
+    assert requests.get(target.url + "/osm/city/v1").status_code == 404
+    history = requests.get(target.url + "/osm/city/_history").json()["history"]
+    assert [(h["action"], h["tag"]) for h in history][:1] == [("delete-tag", "v1")]
+    for oid in (git_blob_id(b"map one"), index_tree_id("map", b"map one")):
+        path = primary.data / "objects" / oid[:2] / oid[2:]
+        os.utime(path, (time.time() - 7200,) * 2)
+    swept = subprocess.run([sys.executable, "-m", "wogit", "gc", "--data", str(primary.data), "--json"],
+                           capture_output=True, text=True, check=True)
+    assert [s["digest"] for s in json.loads(swept.stdout)["swept"]] == [m]
+    primary.push("osm/city/v3", b"map three", CONFIG)  # the mirror is pushed after the next write
+    wait_for(lambda: refs(target.data) == refs(primary.data), 20, "the sweep on the mirror")
+    assert f"refs/wo/_maps/sha256/{m[7:]}" not in refs(target.data)
+    status = requests.get(primary.url + "/_status").json()["push_mirrors"][0]
+    assert status["last_error"] is None
+    fsck(target.data)

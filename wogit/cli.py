@@ -17,7 +17,7 @@ def _size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from wogit import maintenance_cli, users_cli
+    from wogit import client_cli, maintenance_cli, users_cli
 
     top = argparse.ArgumentParser(prog="wogit", description="A registry for maps, stored in git.")
     top.add_argument("--version", action="version", version=f"wogit {__version__}")
@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     hook.add_argument("name", choices=["pre-receive"])
     users_cli.add_parser(commands)
     maintenance_cli.add_parsers(commands)
+    client_cli.add_parsers(commands)
     return top
 
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from wogit import users_cli
 
         return users_cli.run(args)
+    from wogit import client_cli
+
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     return 2
 
 

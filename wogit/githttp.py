@@ -80,6 +80,12 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
     feeder.start()
     try:
         status, headers = _cgi_headers(proc.stdout)
+        # In git's stateless HTTP protocol the backend reads the whole request before it answers
+        # (http-backend writes its headers first): a body cut short must be known before the
+        # answer's status is.
+        feeder.join()
+        if failed:
+            raise failed[0]
     except BaseException:
         _finish(proc, feeder, stderr, kill=True)
         if failed and isinstance(failed[0], errors.WogitError):

@@ -155,6 +155,7 @@ def fsck(store: Store) -> FsckReport:
     result = subprocess.run(["git", "--git-dir", store.path, "fsck", "--strict", "--no-dangling", "--no-progress"],
                             capture_output=True, text=True, env=objects.GIT_ENV)
     if result.returncode != 0:
-        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        lines = [line for line in (result.stdout + result.stderr).splitlines()
+                 if line.strip() and not line.startswith("notice: ")]  # "HEAD points to an unborn branch"
         report.problems += [f"git fsck: {line}" for line in lines] or [f"git fsck exited {result.returncode}"]
     return report

@@ -5,19 +5,19 @@ lists of ``Change(ref, old, new)``; ``check`` returns what is wrong with each, s
 the same rules decide both paths (docs/layout.md describes what they protect):
 
 - every ref is a registry ref (``wogit.names.parse_ref``);
-- a tag is created once and never moved or deleted; it is a parentless commit
+- a tag is created once and never moved; it is deleted only with the record of
+  its deletion in its map's metadata history (the API's DELETE); it is a parentless commit
   whose tree is exactly the blobs ``map`` and ``config`` (mode 100644), and whose
   message names their digests, each indexed (before or by the same push) at
   exactly that blob;
 - a digest index ref is created once, at a tree holding exactly one file named
   after its kind (``map`` or ``config``), a blob whose sha256 is the ref's name (a
-  config's bytes are UTF-8);
+  config's bytes are UTF-8), and deleted only when no tag uses it (``wogit gc``);
 - a map's metadata only moves forward (the old commit is an ancestor of the new
   one), starts on a map that has a tag (or with the record of its tags' deletion),
   and every new commit's tree holds only simple keys whose values are valid.
 
-Tags are deleted only by the registry itself (``DELETE`` through the HTTP API,
-which records the deletion in the map's metadata history), never by a push.
+So a push mirror of a registry into another registry carries deletions too.
 
 Objects are read through a ``View``; ``GitView`` reads them with git itself, so it
 also sees the objects of a push still in git's quarantine (pygit2 would not).
@@ -72,7 +72,7 @@ class View(Protocol):
     def headers(self, oids: list[str]) -> dict[str, tuple[str, int]]: ...  # kind and size; missing ones left out
     def commit(self, oid: str) -> Commit: ...
     def tree(self, oid: str) -> list[Entry]: ...
-    def blobs(self, oids: list[str]) -> dict[str, bytes]: ...  # small blobs only (metadata values)
+    def blobs(self, oids: list[str]) -> dict[str, bytes]: ...  # small objects only, raw (metadata values, commits)
     def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]: ...  # streamed
     def new_commits(self, old: str, new: str) -> list[str]: ...  # new, not reachable from old
     def is_ancestor(self, old: str, new: str) -> bool: ...
@@ -97,9 +97,10 @@ def check(changes: Iterable[Change], view: View) -> list[Rejection]:
     return problems
 
 
-def require(change: Change, view: View) -> None:
-    """Raise ``errors.RULE_BROKEN`` unless ``change`` keeps the rules (the HTTP API's check)."""
-    for problem in check([change], view):
+def require(*changes: Change, view: View) -> None:
+    """Raise ``errors.RULE_BROKEN`` unless ``changes`` (made together) keep the rules (the HTTP
+    API's check)."""
+    for problem in check(changes, view):
         raise errors.RULE_BROKEN(f"{problem.ref}: {problem.msg}")
 
 
@@ -116,15 +117,16 @@ def _check_one(change: Change, view: View, after: dict[str, str]) -> None:
     if isinstance(name, names.TagName):
         _check_tag(change, view, after)
     elif isinstance(name, names.BlobName):
-        _check_blob(change, name, view)
+        _check_blob(change, name, view, after)
     else:
         _check_metadata(change, name, view, after)
 
 
 def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
+    if change.old != ZERO and change.new == ZERO:
+        return _check_tag_deletion(change, view, after)
     if change.old != ZERO:
-        verb = "deleted" if change.new == ZERO else "moved"
-        raise _Broken(f"tags are immutable: an existing tag cannot be {verb}")
+        raise _Broken("tags are immutable: an existing tag cannot be moved")
     commit = _object(view, change.new, "commit", "a tag")
     if commit.parents:
         raise _Broken("a tag is a commit without parents")
@@ -150,6 +152,22 @@ def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
             raise _Broken(f"the tree's '{kind}' is {blobs[kind]}, but {digest} is {blob}")
 
 
+def _check_tag_deletion(change: Change, view: View, after: dict[str, str]) -> None:
+    """A tag is deleted only together with the record of its deletion in its map's metadata
+    history (as the API's DELETE does; a push mirror carries both in one push)."""
+    name = names.parse_ref(change.ref)
+    history = names.metadata_ref(name.repository, name.map)
+    old, new = view.ref(history) or ZERO, after.get(history)
+    if new not in (None, ZERO, old):
+        for oid in view.new_commits(old, new):
+            message = view.commit(oid).message
+            if message.startswith(f"{DELETE_TAG} {name.tag}\n") and f"\ntag_commit: {change.old}\n" in message:
+                return
+    raise _Broken("tags are immutable: an existing tag cannot be deleted, except with the record of its "
+                  f"deletion ('{DELETE_TAG} {name.tag}', tag_commit: {change.old}) added to {history} "
+                  "by the same change (the API's DELETE)")
+
+
 def indexed_blob(view: View, tree: str, kind: str) -> str | None:
     """The blob a digest index tree holds (None if it is not such a tree)."""
     if view.kind(tree) != "tree":
@@ -165,9 +183,11 @@ def tag_digests(message: str) -> dict[str, str]:
     return dict(_FIELD.findall(message))
 
 
-def _check_blob(change: Change, name: names.BlobName, view: View) -> None:
+def _check_blob(change: Change, name: names.BlobName, view: View, after: dict[str, str]) -> None:
+    if change.old != ZERO and change.new == ZERO:
+        return _check_unused(name, view, after)
     if change.old != ZERO:
-        raise _Broken(f"a {name.kind}'s digest index ref cannot be moved or deleted")
+        raise _Broken(f"a {name.kind}'s digest index ref cannot be moved")
     blob = indexed_blob(view, change.new, name.kind)
     if blob is None:
         raise _Broken(f"a {name.kind}'s digest index ref must point at a tree holding exactly the file "
@@ -177,6 +197,18 @@ def _check_blob(change: Change, name: names.BlobName, view: View) -> None:
         raise _Broken(f"the blob's digest is sha256:{hexdigest}, not the ref's {name.digest}")
     if not utf8:
         raise _Broken("a config must be UTF-8 text")
+
+
+def _check_unused(name: names.BlobName, view: View, after: dict[str, str]) -> None:
+    """A digest index ref is deleted (by ``wogit gc``, or a push mirroring it) only when no
+    tag uses it afterwards.  Reads every tag's commit: rare, and as costly as the registry."""
+    tags = {ref: oid for ref, oid in {**view.refs(names.NAMESPACE), **after}.items()
+            if oid != ZERO and isinstance(names.parse_ref(ref), names.TagName)}
+    field = f"\n{name.kind}_digest: {name.digest}\n"
+    commits = view.blobs(sorted(set(tags.values())))  # raw commits
+    for ref, oid in sorted(tags.items()):
+        if field in commits.get(oid, b"").decode("utf-8", "replace"):
+            raise _Broken(f"the {name.kind} {name.digest} is used by the tag {ref}: its index ref stays")
 
 
 def _check_metadata(change: Change, name: names.MetadataName, view: View, after: dict[str, str]) -> None:
@@ -370,7 +402,7 @@ class Pygit2View:
         return [Entry(int(e.filemode), e.name, str(e.id)) for e in self.repo[oid]]
 
     def blobs(self, oids: list[str]) -> dict[str, bytes]:
-        return {oid: self.repo[oid].data for oid in oids}
+        return {oid: self.repo[oid].read_raw() for oid in oids}
 
     def blob_sha256(self, oid: str, utf8: bool) -> tuple[str, bool]:
         raise NotImplementedError("the HTTP API hashes uploads as it stores them")

@@ -219,7 +219,7 @@ class Store:
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
         commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(), [])
-        rules.require(rules.Change(ref, rules.ZERO, str(commit)), self._view())
+        rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
                              WO_USER=actor)
@@ -286,7 +286,8 @@ class Store:
             commit = repo.create_commit(None, _signature(actor), _signature(), message, tree,
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else ZERO_OID
-            rules.require(rules.Change(history, old, str(commit)), self._view())
+            rules.require(rules.Change(history, old, str(commit)), rules.Change(ref, found.commit, ZERO_OID),
+                          view=self._view())
             self._transaction(f"delete {ref} {found.commit}\nupdate {history} {commit} {old}\n", ref)
             return found
 
@@ -301,13 +302,11 @@ class Store:
 
     def repositories(self) -> list[str]:
         """The repositories holding at least one map, by name."""
-        out = self._git("for-each-ref", "--format=%(refname)", names.NAMESPACE).stdout
-        found = set()
-        for ref in out.splitlines():
-            name = names.parse_ref(ref)
-            if isinstance(name, (names.TagName, names.MetadataName)):
-                found.add(name.repository)
-        return sorted(found)
+        out = self._git("for-each-ref", "--format=%(refname:lstrip=2)", names.NAMESPACE).stdout
+        # Every ref is checked when it is written: its first name is enough (a metadata ref's second).
+        first = {line.split("/", 1)[0] for line in out.splitlines() if not line.startswith("_")}
+        second = {line.split("/", 2)[1] for line in out.splitlines() if line.startswith("_metadata/")}
+        return sorted(name for name in first | second if names.is_repository(name))
 
     def maps(self, repository: str) -> list[str]:
         """The maps of a repository, by name; MAP_UNKNOWN if it holds none."""
@@ -478,7 +477,7 @@ class Store:
             commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(),
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else rules.ZERO
-            rules.require(rules.Change(name, old, str(commit)), self._view())
+            rules.require(rules.Change(name, old, str(commit)), view=self._view())
             if ref is None:
                 if not self._create_ref(name, commit):
                     raise _Contended(name)

@@ -1,0 +1,148 @@
+"""``wogit gc`` and ``wogit fsck`` against a real registry, beside its running server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import requests
+
+from conftest import ROOT, fsck, git, git_blob_id, index_tree_id, refs, sha256
+
+HOUR = 3600
+
+
+def wogit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wogit", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def loose(data: Path, oid: str) -> Path:
+    return data / "objects" / oid[:2] / oid[2:]
+
+
+def age(data: Path, kind: str, content: bytes, seconds: float) -> list[Path]:
+    """Make an upload's loose objects (its blob and its index tree) look ``seconds`` old."""
+    files = [loose(data, git_blob_id(content)), loose(data, index_tree_id(kind, content))]
+    then = time.time() - seconds
+    for path in files:
+        os.utime(path, (then, then))
+    return files
+
+
+def test_gc_sweeps_what_no_tag_uses_after_the_grace_period(fresh_server):
+    srv = fresh_server()
+    m, c = srv.push("osm/area/v1", b"used map", b"used: 1\n")
+    contents = {"old": (b"old unused map", "map"), "young": (b"young unused map", "map"),
+                "oldc": (b"old: 1\n", "config"), "gone": (b"map of a deleted tag", "map")}
+    digests = {name: srv.upload(kind, data) for name, (data, kind) in contents.items() if name != "gone"}
+    digests["gone"], _ = srv.push("osm/area/gone", contents["gone"][0], b"used: 1\n")
+    deleted = requests.delete(srv.url + "/osm/area/gone")
+    assert deleted.status_code == 200
+    # git prune keeps what a recent object reaches: the deleted tag's commit and tree must age too.
+    history = requests.get(srv.url + "/osm/area/_history").json()["history"]
+    (tag_commit,) = [h["commit"] for h in history if h["action"] == "create-tag" and h["tag"] == "gone"]
+    tag_tree = git(srv.data, "rev-parse", tag_commit + "^{tree}").stdout.strip()
+    age(srv.data, "map", b"used map", 2 * HOUR)  # old, but in use: kept
+    swept_files = []
+    for name in ("old", "oldc", "gone"):
+        swept_files += age(srv.data, contents[name][1], contents[name][0], 2 * HOUR)
+    for oid in (tag_commit, tag_tree):
+        swept_files.append(loose(srv.data, oid))
+        os.utime(swept_files[-1], (time.time() - 2 * HOUR,) * 2)
+    freed = sum(path.stat().st_size for path in swept_files)
+    before = refs(srv.data)
+
+    expected_swept = sorted(
+        [{"kind": contents[n][1], "digest": digests[n], "size": len(contents[n][0])} for n in ("old", "oldc", "gone")],
+        key=lambda s: (s["kind"] == "map", s["digest"]))  # in ref order: refs/wo/_configs/ before refs/wo/_maps/
+    dry = wogit("gc", "--data", str(srv.data), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) == {"swept": expected_swept, "kept_in_grace": 1, "kept_in_use": 2,
+                                      "pruned_objects": 0, "freed_bytes": 0}
+    assert refs(srv.data) == before and all(path.exists() for path in swept_files)
+
+    run = wogit("gc", "--data", str(srv.data), "--json")  # the server is running
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"swept": expected_swept, "kept_in_grace": 1, "kept_in_use": 2,
+                                      "pruned_objects": 8, "freed_bytes": freed}
+    after = refs(srv.data)
+    assert set(before) - set(after) == {f"refs/wo/_{contents[n][1]}s/sha256/{digests[n][7:]}"
+                                        for n in ("old", "oldc", "gone")}
+    assert not any(path.exists() for path in swept_files)
+    for name in ("old", "gone"):
+        reply = requests.get(f"{srv.url}/blobs/{digests[name]}")
+        assert reply.status_code == 404
+    assert requests.get(f"{srv.url}/blobs/{digests['young']}").content == b"young unused map"
+    tarball = requests.get(srv.url + "/osm/area/v1")
+    assert (tarball.status_code, tarball.headers["Wo-Map-Digest"]) == (200, m)
+    reply = srv.tag("osm/area/v2", digests["old"], c)
+    assert (reply.status_code, reply.json()) == (404, {"msg": f"map_digest {digests['old']} names no uploaded map"})
+    fsck(srv.data)
+    assert wogit("fsck", "--data", str(srv.data)).returncode == 0
+    again = wogit("gc", "--data", str(srv.data))
+    assert again.stdout == ("swept 0 unused uploads; kept 2 in use and 1 within the grace period; "
+                            "pruned 0 objects, freed 0 bytes\n")
+
+
+def test_tagging_an_old_upload_freshens_it_so_gc_keeps_it(fresh_server):
+    srv = fresh_server()
+    data = b"uploaded long ago, tagged now"
+    m = srv.upload("map", data)
+    c = srv.upload("config", b"k: v\n")
+    files = age(srv.data, "map", data, 2 * HOUR) + age(srv.data, "config", b"k: v\n", 2 * HOUR)
+    started = time.time() - 1
+    assert srv.tag("osm/late/v1", m, c).status_code == 201
+    assert loose(srv.data, git_blob_id(data)).stat().st_mtime >= started  # touched before the tag existed
+    assert requests.delete(srv.url + "/osm/late/v1").status_code == 200
+    report = json.loads(wogit("gc", "--data", str(srv.data), "--json").stdout)
+    assert (report["swept"], report["kept_in_grace"]) == ([], 2)  # within the hour since it was tagged
+    assert files[0].exists()
+    report = json.loads(wogit("gc", "--data", str(srv.data), "--json", "--grace", "0").stdout)
+    assert [s["digest"] for s in report["swept"]] == [c, m]
+    assert report["pruned_objects"] == 0  # objects younger than a minute are never pruned
+
+
+def test_gc_and_fsck_refuse_what_is_not_a_registry(tmp_path):
+    for command in ("gc", "fsck"):
+        result = wogit(command, "--data", str(tmp_path / "nothing"))
+        assert (result.returncode, result.stdout) == (2, f"wogit {command}: {tmp_path / 'nothing'} is not a registry repository\n")
+    assert wogit("gc", "--grace", "soon").returncode == 2
+
+
+def test_fsck_finds_a_corrupted_map_and_a_foreign_ref(fresh_server):
+    srv = fresh_server()
+    m, c = srv.push("osm/area/v1", b"the original map bytes", b"k: 1\n")
+    clean = wogit("fsck", "--data", str(srv.data))
+    assert (clean.returncode, clean.stdout) == (0, "checked 1 maps, 1 configs, 1 tags and 0 metadata histories: no problems\n")
+    # Same size, other bytes: a disk that flipped them.
+    path = loose(srv.data, git_blob_id(b"the original map bytes"))
+    path.chmod(0o644)
+    path.write_bytes(zlib.compress(b"blob 22\0the corrupted map bytes"[:30]))
+    bad = sha256(b"the corrupted map bytes"[:22])
+    commit = refs(srv.data)["refs/wo/osm/area/v1"]
+    git(srv.data, "update-ref", "refs/heads/main", commit)
+    result = wogit("fsck", "--data", str(srv.data), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert (report["maps"], report["configs"], report["tags"], report["histories"]) == (1, 1, 1, 0)
+    ours = [p for p in report["problems"] if not p.startswith("git fsck: ")]
+    assert ours == [
+        "refs/heads/main: outside the registry's namespaces: only refs/wo/<repository>/<map>/<tag>, "
+        "refs/wo/_maps/sha256/<hex>, refs/wo/_configs/sha256/<hex> and refs/wo/_metadata/<repository>/<map> "
+        "are registry refs (docs/layout.md)",
+        f"refs/wo/_maps/sha256/{m[7:]}: the blob's digest is {bad}, not the ref's {m}",
+    ]
+    theirs = [p for p in report["problems"] if p.startswith("git fsck: ")]
+    blob = git_blob_id(b"the original map bytes")
+    assert any("hash-path mismatch" in p and p.endswith(f"/objects/{blob[:2]}/{blob[2:]}") for p in theirs), theirs
+    assert f"git fsck: missing blob {git_blob_id(b'the original map bytes')}" in theirs
+    text = wogit("fsck", "--data", str(srv.data))
+    assert text.returncode == 1
+    assert text.stdout.endswith(f"checked 1 maps, 1 configs, 1 tags and 0 metadata histories: "
+                                f"{len(report['problems'])} problems\n")
