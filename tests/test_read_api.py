@@ -283,8 +283,9 @@ def test_delete_tag_of_a_map_without_metadata(server, unique):
     assert server.tag(f"{unique}/m/v1", m, c).status_code == 201
 
 
-@pytest.mark.parametrize("path, status", [("/r/m/a..b", 400), ("/r/M/v1", 400), ("/r/m/metadata", 400),
-                                          ("/r/m/x.lock", 400)])
+@pytest.mark.parametrize("path, status", [("/r/m/a..b", 400), ("/r/M/v1", 400), ("/r/m/metadata", 405),
+                                          ("/r/m/x.lock", 400), ("/r/m/_v1", 400), ("/_r/m/v1", 400),
+                                          ("/r/m/_tags", 405), ("/r/m/_history", 405), ("/_git/info/refs", 405)])
 def test_delete_bad_names(server, path, status):
     reply = requests.delete(server.url + path)
     assert reply.status_code == status

@@ -39,6 +39,14 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 #: Words that are never a tag_id because a route needs them.
 RESERVED_TAGS = frozenset({"metadata"})
 
+#: Path segments the registry's own routes use where a tag route's would be
+#: (``/_git/info/refs``, ``/<repository>/<map>/_tags``, ``/blobs/<digest>/_tags``...).
+ROUTE_WORDS = {"repository": ("_git", "_catalog"), "tag": ("metadata", "_tags", "_history")}
+#: The tag route's segments (Bottle ``re`` filters): anything but those words, so a wrong method
+#: on one of those paths is a 405 with Allow, not a tag; other bad names reach the route (400).
+ROUTE_REPOSITORY = "(?!(?:" + "|".join(ROUTE_WORDS["repository"]) + ")(?:/|$))[^/]+"
+ROUTE_TAG = "(?!(?:" + "|".join(ROUTE_WORDS["tag"]) + ")(?:/|$))[^/]+"
+
 #: The two kinds of uploaded content; each has its own digest index.
 MAP = "map"
 CONFIG = "config"

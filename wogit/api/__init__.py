@@ -17,7 +17,8 @@ from wogit.store import Store
 
 def create_app(settings: Settings, store: Store, gate: Gate | None = None,
                replication: Replication | None = None, metrics: Metrics | None = None) -> responses.App:
-    app = responses.App(catchall=True, autojson=False)
+    app = responses.App(catchall=True)
+    app.config["json.enable"] = False  # answers are JSON by our own hand (responses.json_response)
     app.gate = gate or Gate.open()
     app.replication = replication or Replication()
     app.metrics = metrics or Metrics(store.counts)  # fed by wogit.observe around the app

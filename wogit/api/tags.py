@@ -13,8 +13,12 @@ from wogit.api.listing import describe_tag
 from wogit.api.responses import etag_matches, header, http_date, json_response
 
 
+#: The tag route: not a reserved path (wogit.names.ROUTE_*).
+TAG_PATH = f"/<repository:re:{names.ROUTE_REPOSITORY}>/<map>/<tag_id:re:{names.ROUTE_TAG}>"
+
+
 def install(app, store, settings) -> None:
-    @app.put("/<repository>/<map>/<tag_id>", need=Level.WRITE)
+    @app.put(TAG_PATH, need=Level.WRITE)
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
@@ -22,13 +26,13 @@ def install(app, store, settings) -> None:
                                actor=bottle.request.environ.get(USER))
         return json_response(201, describe_tag(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
 
-    @app.delete("/<repository>/<map>/<tag_id>", need=Level.DELETE)
+    @app.delete(TAG_PATH, need=Level.DELETE)
     def delete_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         tag = store.delete_tag(repository, map, tag_id, actor=bottle.request.environ.get(USER))
         return json_response(200, describe_tag(tag))
 
-    @app.get("/<repository>/<map>/<tag_id>", need=Level.READ)
+    @app.get(TAG_PATH, need=Level.READ)
     def get_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         archive = store.archive(repository, map, tag_id)
