@@ -32,6 +32,14 @@ def request_id(supplied: str | None) -> str:
     return supplied if supplied is not None and _SANE_ID.fullmatch(supplied) else uuid.uuid4().hex
 
 
+def _rule(rule: str) -> str:
+    """A route's rule as a label: ``<name:filter>`` written ``<name>``."""
+    return _FILTER.sub(r"<\1>", rule)
+
+
+_FILTER = re.compile(r"<(\w+):[^>]*>")
+
+
 def observed(app, metrics: Metrics):
     """WSGI middleware: an X-Request-Id on every answer, one access-log line and one
     metrics observation per request; names the user, never credentials."""
@@ -50,7 +58,7 @@ def observed(app, metrics: Metrics):
         def finished(sent: int) -> None:
             seconds = time.monotonic() - started
             route = environ.get("bottle.route")
-            metrics.observe(route.rule if route is not None else UNMATCHED, method, status[0], seconds,
+            metrics.observe(_rule(route.rule) if route is not None else UNMATCHED, method, status[0], seconds,
                             body.count, sent)
             _log_line(environ.get("REMOTE_ADDR", "-"), environ.get(USER), method, path, status[0], sent, seconds, rid)
 
