@@ -389,6 +389,8 @@ def test_connection_refused_is_exit_7(home):
     (["pull", "osm/area:metadata"], 2, "'metadata' is not a tag name ([A-Za-z0-9][A-Za-z0-9._-]{0,127}, not "
                                        "'metadata', no '..', not ending in '.' or '.lock')"),
     (["meta", "set", "osm/area", "novalue"], 2, "'novalue' is not KEY=VALUE"),
+    (["meta", "set", "osm/area", "k=with space"], 2,
+     "'k=with space' holds whitespace: keys and values cannot (it separates pairs)"),
     (["push", "osm/area:v1", "--map", "absent.pbf", "--config", str(TEST_CONFIG)], 1,
      "absent.pbf: No such file or directory"),  # before anything is sent
 ])
@@ -401,6 +403,32 @@ def test_argparse_usage_errors_are_exit_2(home):
     result = wogit(home, "pull")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.endswith("wogit pull: error: the following arguments are required: REPO/MAP:TAG\n")
+    for size in ("0", "1001", "x"):
+        result = wogit(home, "tags", "osm/area", "--page-size", size)
+        assert result.returncode == 2
+        assert result.stderr.endswith(f"a page size is a whole number from 1 to 1000, not '{size}'\n")
+
+
+def test_a_request_the_registry_refuses_as_malformed_is_exit_2(server, tagged, home):
+    map_reference = tagged.split(":")[0]
+    expected = requests.get(f"{server.url}/{map_reference}/metadata", params={"at": "yesterday"}).json()["msg"]
+    result = wogit(home, "meta", "get", map_reference, "--at", "yesterday", "--registry", server.url)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"wogit: {expected}\n")
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"WOGIT_USER": "alice"}, "WOGIT_USER is set but WOGIT_PASSWORD is not: set both, or neither (to use the netrc file)"),
+    ({"WOGIT_PASSWORD": "pw"}, "WOGIT_PASSWORD is set but WOGIT_USER is not: set both, or neither (to use the netrc file)"),
+])
+def test_half_the_credential_variables_is_a_usage_error(home, variables, message):
+    result = wogit(home, "ls", "--registry", "http://127.0.0.1:9", env=environment(home, **variables))
+    assert (result.returncode, result.stderr) == (2, f"wogit: {message}\n")
+
+
+def test_a_netrc_that_is_not_a_file_is_a_usage_error(home, tmp_path):
+    (tmp_path / "netrc.d").mkdir()
+    result = wogit(home, "ls", "--registry", "http://127.0.0.1:9", env=environment(home, NETRC=str(tmp_path / "netrc.d")))
+    assert (result.returncode, result.stderr) == (2, f"wogit: the netrc file {tmp_path / 'netrc.d'} is not a file\n")
 
 
 @pytest.fixture

@@ -435,7 +435,14 @@ def test_history_and_at(fresh_server):
     unknown = "0" * 40
     reply = requests.get(url, params={"at": unknown})
     assert (reply.status_code, reply.json()) == (
-        404, {"msg": f"commit {unknown} is not in the metadata history of osm/area"})
+        404, {"msg": f"commit {unknown} is not in the history of osm/area"})
+    # A tag's commit from the history stands for its time.
+    at_tag = requests.get(url, params={"at": history[3]["commit"]})
+    at_time = requests.get(url, params={"at": history[3]["time"]})
+    assert (at_tag.status_code, at_tag.text, at_tag.headers.get("Wo-Metadata-Commit")) == (
+        200, at_time.text, at_time.headers.get("Wo-Metadata-Commit"))
+    missing = requests.get(url + "/zz", params={"at": "2001-01-01T00:00:00+01:00"})
+    assert missing.json() == {"msg": "map osm/area has no metadata key 'zz' at 2000-12-31T23:00:00Z"}
     pages, links = follow(srv.url + "/osm/area/_history", n=3)
     assert [len(p) for p in pages] == [3, 1] and links == [f"/osm/area/_history?n=3&last={history[2]['commit']}"]
     bad = requests.get(srv.url + "/osm/area/_history", params={"last": unknown})

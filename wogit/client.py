@@ -72,8 +72,14 @@ class ConnectionFailed(ClientError):
     exit_code = 7
 
 
-_BY_STATUS = {404: NotFound, 401: AuthenticationFailed, 403: AuthenticationFailed, 429: AuthenticationFailed,
-              409: Conflict}
+class Refused(ClientError):
+    """400: the registry refused the request as malformed (a name, a value, a time): a usage error."""
+
+    exit_code = 2
+
+
+_BY_STATUS = {400: Refused, 404: NotFound, 401: AuthenticationFailed, 403: AuthenticationFailed,
+              429: AuthenticationFailed, 409: Conflict}
 
 
 def error_of(response: requests.Response) -> ClientError:

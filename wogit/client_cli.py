@@ -42,7 +42,7 @@ def add_parsers(commands) -> None:
     common.add_argument("--json", action="store_true", help="print one JSON document on standard output")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no report of what was done")
     listing = argparse.ArgumentParser(add_help=False)
-    listing.add_argument("--page-size", type=int, metavar="N", help="items per request (1-1000; the server's default 100)")
+    listing.add_argument("--page-size", type=_page_size, metavar="N", help="items per request (1-1000; the server's default 100)")
 
     def command(name: str, help: str, *parents, within=commands) -> argparse.ArgumentParser:
         return within.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
@@ -154,7 +154,9 @@ def _ls(client, args):
 
 def _history(client, args):
     entries = list(client.history(*_map_reference(args.reference)))
-    return {"history": [asdict(e) for e in entries]}, "\n".join(map(_history_line, entries))
+    described = [{k: v for k, v in asdict(e).items() if k == "user" or v not in (None, (), [])}  # as the API
+                 for e in entries]
+    return {"history": described}, "\n".join(map(_history_line, entries))
 
 
 def _history_line(entry) -> str:
@@ -213,12 +215,20 @@ def _tag_reference(text: str) -> tuple[str, str, str]:
     return (*_map_reference(where), tag)
 
 
+def _page_size(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"a page size is a whole number from 1 to 1000, not {text!r}")
+    return int(text)
+
+
 def _pairs(texts: list[str]) -> dict[str, str]:
     pairs = {}
     for text in texts:
         key, equals, value = text.partition("=")
         if not equals or not key:
             raise _Usage(f"{text!r} is not KEY=VALUE")
+        if any(ch.isspace() for ch in text):
+            raise _Usage(f"{text!r} holds whitespace: keys and values cannot (it separates pairs)")
         pairs[key] = value
     return pairs
 

@@ -96,17 +96,23 @@ def resolve(flag: str | None = None) -> Registry:
 
 
 def from_environment() -> Credentials | None:
-    user = os.environ.get(USER_VARIABLE)
-    if not user:
+    """``WOGIT_USER`` and ``WOGIT_PASSWORD``: both, or neither (then the netrc file is read)."""
+    user, password = os.environ.get(USER_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
+    if not user and password is None:
         return None
-    return Credentials(user, os.environ.get(PASSWORD_VARIABLE, ""))
+    if not user or password is None:
+        given, missing = (USER_VARIABLE, PASSWORD_VARIABLE) if user else (PASSWORD_VARIABLE, USER_VARIABLE)
+        raise ConfigError(f"{given} is set but {missing} is not: set both, or neither (to use the netrc file)")
+    return Credentials(user, password)
 
 
 def from_netrc(host: str) -> Credentials | None:
     """The netrc entry of ``host`` (or its ``default`` entry), from ``$NETRC`` or ``~/.netrc``."""
     path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
+    if not os.path.isfile(path):
+        raise ConfigError(f"the netrc file {path} is not a file")
     try:
         entry = netrc.netrc(path).authenticators(host)
     except (OSError, netrc.NetrcParseError) as exc:

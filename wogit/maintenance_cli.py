@@ -62,9 +62,10 @@ def run(args) -> int:
         verb = "would sweep" if args.dry_run else "swept"
         for swept in report.swept:
             print(f"{verb} {swept.kind} {swept.digest} ({swept.size} bytes)")
+        pruned = ("" if args.dry_run else
+                  f"; pruned {report.pruned_objects} objects, freed {report.freed_bytes} bytes")
         print(f"{verb} {len(report.swept)} unused uploads; kept {report.kept_in_use} in use and "
-              f"{report.kept_in_grace} within the grace period; pruned {report.pruned_objects} objects, "
-              f"freed {report.freed_bytes} bytes")
+              f"{report.kept_in_grace} within the grace period{pruned}")
         return 0
     report = maintenance.fsck(store)
     if args.json:

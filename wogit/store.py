@@ -373,7 +373,7 @@ class Store:
         """One value and the metadata commit it was read from."""
         commit = self._metadata_at(repository, map, at)
         if commit is None or not names.is_key(key) or key not in commit.tree:
-            when = "" if at is None else f" at {at}"
+            when = "" if at is None else f" at {at}" if isinstance(at, str) else f" at {_iso(at)}"
             raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
         return self.repo[commit.tree[key].id].data.decode("utf-8"), str(commit.id)
 
@@ -381,12 +381,25 @@ class Store:
         commit = self._metadata_head(repository, map)
         if at is None:
             return commit
-        for older in self._first_parents(commit):
-            if (str(older.id) == at) if isinstance(at, str) else older.commit_time <= at:
-                return older
         if isinstance(at, str):
-            raise errors.COMMIT_UNKNOWN(f"commit {at} is not in the metadata history of {repository}/{map}")
+            for older in self._first_parents(commit):
+                if str(older.id) == at:
+                    return older
+            at = self._tag_commit_time(repository, map, at)  # a create-tag entry of the history: its time
+        for older in self._first_parents(commit):
+            if older.commit_time <= at:
+                return older
         return None
+
+    def _tag_commit_time(self, repository: str, map: str, commit: str) -> int:
+        """The time of one of this map's tag commits (as ``_history`` lists them)."""
+        try:
+            found = self.repo[commit]
+        except (KeyError, ValueError):
+            found = None
+        if not isinstance(found, pygit2.Commit) or not found.message.startswith(f"tag {repository}/{map}/"):
+            raise errors.COMMIT_UNKNOWN(f"commit {commit} is not in the history of {repository}/{map}")
+        return found.commit_time
 
     def _first_parents(self, commit: pygit2.Commit | None) -> Iterator[pygit2.Commit]:
         while commit is not None:
@@ -695,6 +708,10 @@ def _signature(actor: str | None = None) -> pygit2.Signature:
     if actor is None:
         return pygit2.Signature(*IDENTITY, int(time.time()), 0)
     return pygit2.Signature(urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time()), 0)
+
+
+def _iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _actor(name: str, email: str) -> str | None:

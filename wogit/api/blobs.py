@@ -54,7 +54,7 @@ def install(app, store, settings) -> None:
         blob = find(kind, digest)
         etag = f'"{digest}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", HEADERS[kind]: digest,
-                   "Cache-Control": "max-age=31536000, immutable"}
+                   "Cache-Control": "no-cache"}  # the bytes never change, who may read them can: revalidate
         if etag_matches(header("If-None-Match"), etag):
             return bottle.HTTPResponse(b"", 304, headers)
         first, last = _range(header("Range"), header("If-Range"), etag, blob.size)
