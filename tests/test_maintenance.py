@@ -104,8 +104,8 @@ def test_tagging_an_old_upload_freshens_it_so_gc_keeps_it(fresh_server):
     assert (report["swept"], report["kept_in_grace"]) == ([], 2)  # within the hour since it was tagged
     assert files[0].exists()
     report = json.loads(wogit("gc", "--data", str(srv.data), "--json", "--grace", "0").stdout)
-    assert [s["digest"] for s in report["swept"]] == [c, m]
-    assert report["pruned_objects"] == 0  # objects younger than a minute are never pruned
+    assert (report["swept"], report["kept_in_grace"]) == ([], 2)  # the least grace is a minute
+    assert files[0].exists() and files[2].exists()
 
 
 def test_gc_and_fsck_refuse_what_is_not_a_registry(tmp_path):

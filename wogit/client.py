@@ -14,6 +14,7 @@ says what kind of failure it was (``NotFound``, ``AuthenticationFailed``, ...).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -82,11 +83,48 @@ _BY_STATUS = {400: Refused, 404: NotFound, 401: AuthenticationFailed, 403: Authe
               429: AuthenticationFailed, 409: Conflict}
 
 
+#: The most of an answer's body read into memory (maps and configs stream to files instead).
+MAX_ANSWER = 16 << 20
+MAX_ERROR = 64 << 10
+
+
+def read_bounded(response: requests.Response, limit: int = MAX_ANSWER) -> bytes:
+    """An answer's body, refusing one longer than ``limit`` (a broken or hostile server)."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise ClientError(f"the registry's answer to {response.request.method} {response.url} is "
+                                  f"longer than {limit} bytes")
+    except requests.exceptions.RequestException as exc:
+        raise ConnectionFailed(f"the answer from {response.url} broke off: {_reason(exc)}") from None
+    finally:
+        response.close()
+    return bytes(body)
+
+
+def json_of(response: requests.Response, key: str | None = None, kind: type = dict):
+    """An answer's JSON (its ``key``), checked to be of ``kind``; ClientError otherwise."""
+    try:
+        value = json.loads(read_bounded(response))
+        if key is not None:
+            value = value[key]
+        if not isinstance(value, kind):
+            raise TypeError
+        return value
+    except (ValueError, KeyError, TypeError):
+        raise ClientError(f"the registry's answer to {response.request.method} {response.url} is not "
+                          f"the JSON the API documents") from None
+
+
 def error_of(response: requests.Response) -> ClientError:
     """The ClientError for an error answer, with the server's ``msg``."""
     try:
-        msg = response.json()["msg"]
-    except (ValueError, KeyError, TypeError):
+        msg = json.loads(read_bounded(response, MAX_ERROR))["msg"]
+        if not isinstance(msg, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, ClientError):
         msg = f"{response.status_code} {response.reason}"
     if response.headers.get("Retry-After") and str(response.headers["Retry-After"]) not in msg:
         msg += f" (retry after {response.headers['Retry-After']} s)"
@@ -238,7 +276,7 @@ class Client:
         directory.mkdir(parents=True, exist_ok=True)
         got_map = self._download(MAP, map_digest, directory / "map")
         got_config = self._download(CONFIG, config_digest, directory / "config")
-        metadata = self._request("GET", _path(repository, map, "metadata")).content
+        metadata = read_bounded(self._request("GET", _path(repository, map, "metadata")))
         _write_atomically(directory / "metadata", metadata)
         return PullResult(repository, map, tag, str(directory), map_digest, config_digest, got_map.size,
                           got_config.size, got_map.reused + got_config.reused, got_map.retries + got_config.retries)
@@ -254,24 +292,26 @@ class Client:
         return response.status_code == 200
 
     def delete_tag(self, repository: str, map: str, tag: str) -> Tag:
-        return _tag(self._request("DELETE", _path(repository, map, tag)).json())
+        return _tag(json_of(self._request("DELETE", _path(repository, map, tag))))
 
     # -- metadata ------------------------------------------------------------------
 
     def metadata(self, repository: str, map: str, at: str | None = None) -> Metadata:
         """All of a map's metadata, now or as it was ``at`` a time or commit."""
         response = self._request("GET", _path(repository, map, "metadata"), params=_at(at))
-        return Metadata(parse_metadata(response.text), response.headers.get("Wo-Metadata-Commit"))
+        return Metadata(parse_metadata(read_bounded(response).decode("utf-8", "replace")),
+                        response.headers.get("Wo-Metadata-Commit"))
 
     def metadata_value(self, repository: str, map: str, key: str, at: str | None = None) -> MetadataValue:
         response = self._request("GET", _path(repository, map, "metadata", key), params=_at(at))
-        return MetadataValue(key, response.text, response.headers.get("Wo-Metadata-Commit"))
+        return MetadataValue(key, read_bounded(response).decode("utf-8", "replace"),
+                             response.headers.get("Wo-Metadata-Commit"))
 
     def set_metadata(self, repository: str, map: str, values: dict[str, str]) -> dict[str, list[str]]:
         """Merge ``values`` into the map's metadata; the server's answer: ``{"set": [...], "ignored": [...]}``."""
         body = "".join(f"{key}={value}\n" for key, value in values.items()).encode()
-        return self._request("PUT", _path(repository, map, "metadata"), body=lambda: body,
-                             headers={"Content-Type": "text/plain; charset=utf-8"}).json()
+        return json_of(self._request("PUT", _path(repository, map, "metadata"), body=lambda: body,
+                                     headers={"Content-Type": "text/plain; charset=utf-8"}))
 
     def delete_metadata(self, repository: str, map: str, key: str) -> None:
         self._request("DELETE", _path(repository, map, "metadata", key))
@@ -301,13 +341,17 @@ class Client:
         if self.page_size:
             params["n"] = str(self.page_size)
         url: str | None = self.url + path
+        seen = set()
         while url:
             response = self._request("GET", url, params=params)
-            yield from response.json()[key]
             following = response.links.get("next", {}).get("url")
+            yield from json_of(response, key, list)
             url, params = (urljoin(response.url, following), None) if following else (None, None)
             if url and not url.startswith(self.url + "/"):  # credentials go to the registry only
                 raise ClientError(f"the registry's next page is elsewhere: {url}")
+            if url in seen:
+                raise ClientError(f"the registry's pages loop: {url} comes again")
+            seen.add(url)
 
     # -- transfers -----------------------------------------------------------------
 
@@ -415,8 +459,9 @@ class Client:
         auth = self.credentials.as_tuple() if self.credentials else None
         data = body() if body else None
         try:
+            # Streamed: a body is read only as far as it is needed (read_bounded, or to a file).
             return self.session.request(method, url, data=data, auth=auth, timeout=self.timeout,
-                                        allow_redirects=False, **kwargs)
+                                        allow_redirects=False, **{"stream": True, **kwargs})
         except requests.exceptions.RequestException as exc:
             raise ConnectionFailed(f"cannot reach {self.url}: {_reason(exc)}") from None
         finally:

@@ -101,6 +101,8 @@ def run(args) -> int:
         return _fail(args, exc.msg, exc.exit_code, exc.status)
     except OSError as exc:
         return _fail(args, f"{exc.filename or 'file'}: {exc.strerror or exc}", 1)
+    except (KeyError, TypeError, AttributeError):  # an item of a list that is not what the API documents
+        return _fail(args, "the registry's answer is not the JSON the API documents", 1)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
     if args.json:

@@ -83,9 +83,15 @@ def registry_url(flag: str | None = None) -> str:
 def resolve(flag: str | None = None) -> Registry:
     """The registry to talk to and the credentials found for it without asking anyone."""
     url = registry_url(flag)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"the registry URL must be http:// or https:// with a host, not {_without_password(url)!r}")
+    wrong = ConfigError(f"the registry URL must be http:// or https:// with a host (and a port from 1 to 65535), "
+                        f"not {_without_password(url)!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unclosed [ of an IPv6 address, a port that is not a number or too big
+        raise wrong from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise wrong
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if parts.port:
         netloc += f":{parts.port}"
@@ -141,7 +147,10 @@ def prompt(url: str) -> Credentials | None:
 
 
 def _without_password(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rsplit("@", 1)[-1] if "@" in url else url
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)

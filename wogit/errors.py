@@ -70,6 +70,7 @@ HOOK_REJECTED = _declare("HOOK_REJECTED", 422, "an operator's validation hook (w
 TOO_MANY_ATTEMPTS = _declare("TOO_MANY_ATTEMPTS", 429, "too many failed logins from this address; wait Retry-After seconds")
 UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
 NOT_READY = _declare("NOT_READY", 503, "the registry cannot read or write its repository (GET /readyz); msg says what failed")
+REPOSITORY_DAMAGED = _declare("REPOSITORY_DAMAGED", 500, "git cannot read objects the registry's refs name; an operator should run wogit fsck")
 RULE_BROKEN = _declare("RULE_BROKEN", 500, "a write would have broken the registry's layout rules (a bug); nothing changed")
 INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
 

@@ -6,7 +6,7 @@ gc, safe against a tag being created meanwhile:
 
 1. every map and config a tag uses is kept;
 2. an unused one is swept (its digest index ref deleted, compare-and-swap) only when its
-   loose object was last touched longer ago than the grace period: uploading it touches it,
+   loose objects were last touched longer ago than the grace period (at least a minute): uploading it touches it,
    and creating a tag touches the blobs it names *before* the tag's ref exists
    (``Store._freshen``), so an upload about to be tagged is never swept;
 3. after sweeping, the tags are read again and any swept digest a tag now uses is indexed
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from wogit import names, objects, rules
 from wogit.store import Store
 
-MIN_PRUNE_AGE = 60.0  # seconds: younger objects may be another writer's, not yet referenced
+MIN_PRUNE_AGE = 60.0  # seconds: the least grace; younger objects may be a writer's, not yet referenced
 
 
 @dataclass
@@ -69,7 +69,7 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
             report.kept_in_use += 1
             continue
         blob = rules.indexed_blob(rules.GitView(store.path), tree, name.kind)
-        if blob is None or now - _touched(store, blob, tree) < grace_seconds:
+        if blob is None or now - _touched(store, blob, tree) < max(grace_seconds, MIN_PRUNE_AGE):
             report.kept_in_grace += 1
             continue
         if dry_run or store._git("update-ref", "-d", ref, tree, check=False).returncode == 0:
@@ -79,8 +79,8 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
         again = _used(store)
         for ref, (tree, _) in list(swept.items()):
             name = names.parse_ref(ref)
-            if (name.kind, name.digest) in again:  # tagged meanwhile: index it again
-                store._create_ref(ref, tree)
+            if (name.kind, name.digest) in again:  # tagged meanwhile: index it again (a kept tree)
+                store._create_ref(ref, store._index_tree(name.kind, swept[ref][1]))
                 del swept[ref]
     sizes = rules.GitView(store.path).headers([blob for _, blob in swept.values()])
     for ref, (_, blob) in sorted(swept.items()):

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import asdict
 
+from wogit import errors
 from wogit.settings import Settings
 
 DEFAULT_GRACE = "1h"
@@ -54,6 +55,16 @@ def run(args) -> int:
         print(f"wogit {args.command}: {data} is not a registry repository")
         return 2
     store = Store(data)
+    try:
+        return _run(args, store)
+    except errors.WogitError as exc:  # a damaged repository: say so, as fsck would
+        print(f"wogit {args.command}: {exc.msg}")
+        return 1
+
+
+def _run(args, store) -> int:
+    from wogit import maintenance
+
     if args.command == "gc":
         report = maintenance.gc(store, args.grace, args.dry_run)
         if args.json:

@@ -96,6 +96,10 @@ def digest_hex(digest: str, what: str = "digest", code: errors.ErrorCode = error
     return match.group(1)
 
 
+def is_digest(text: str) -> bool:
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
+
+
 def digest(hexdigest: str) -> str:
     return "sha256:" + hexdigest
 

@@ -291,7 +291,7 @@ RESPONSES = {
     "TooManyRequests": error_response("Too many failed logins from this address (TOO_MANY_ATTEMPTS); verified "
                                       "credentials are not refused.", **{"Retry-After": header("Retry-After")}),
     "Unavailable": error_response("The registry is busy (UNAVAILABLE); retry shortly."),
-    "InternalError": error_response("The registry failed unexpectedly (INTERNAL, RULE_BROKEN); nothing changed."),
+    "InternalError": error_response("The registry failed unexpectedly (INTERNAL, RULE_BROKEN), or its repository is damaged (REPOSITORY_DAMAGED); nothing changed."),
 }
 
 

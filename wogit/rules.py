@@ -88,10 +88,11 @@ def check(changes: Iterable[Change], view: View) -> list[Rejection]:
     """What is wrong with each change, seen together (a push may bring a tag and its indexes)."""
     changes = list(changes)
     after = {c.ref: c.new for c in changes}
+    before = {c.ref: c.old for c in changes}  # what each change expects to replace
     problems = []
     for change in changes:
         try:
-            _check_one(change, view, after)
+            _check_one(change, view, after, before)
         except _Broken as broken:
             problems.append(Rejection(change.ref, str(broken)))
     return problems
@@ -108,23 +109,23 @@ class _Broken(Exception):
     pass
 
 
-def _check_one(change: Change, view: View, after: dict[str, str]) -> None:
+def _check_one(change: Change, view: View, after: dict[str, str], before: dict[str, str]) -> None:
     name = names.parse_ref(change.ref)
     if name is None:
         raise _Broken("outside the registry's namespaces: only refs/wo/<repository>/<map>/<tag>, "
                       "refs/wo/_maps/sha256/<hex>, refs/wo/_configs/sha256/<hex> and "
                       "refs/wo/_metadata/<repository>/<map> are registry refs (docs/layout.md)")
     if isinstance(name, names.TagName):
-        _check_tag(change, view, after)
+        _check_tag(change, view, after, before)
     elif isinstance(name, names.BlobName):
         _check_blob(change, name, view, after)
     else:
         _check_metadata(change, name, view, after)
 
 
-def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
+def _check_tag(change: Change, view: View, after: dict[str, str], before: dict[str, str]) -> None:
     if change.old != ZERO and change.new == ZERO:
-        return _check_tag_deletion(change, view, after)
+        return _check_tag_deletion(change, view, after, before)
     if change.old != ZERO:
         raise _Broken("tags are immutable: an existing tag cannot be moved")
     commit = _object(view, change.new, "commit", "a tag")
@@ -152,12 +153,12 @@ def _check_tag(change: Change, view: View, after: dict[str, str]) -> None:
             raise _Broken(f"the tree's '{kind}' is {blobs[kind]}, but {digest} is {blob}")
 
 
-def _check_tag_deletion(change: Change, view: View, after: dict[str, str]) -> None:
+def _check_tag_deletion(change: Change, view: View, after: dict[str, str], before: dict[str, str]) -> None:
     """A tag is deleted only together with the record of its deletion in its map's metadata
     history (as the API's DELETE does; a push mirror carries both in one push)."""
     name = names.parse_ref(change.ref)
     history = names.metadata_ref(name.repository, name.map)
-    old, new = view.ref(history) or ZERO, after.get(history)
+    old, new = before.get(history) or view.ref(history) or ZERO, after.get(history)
     if new not in (None, ZERO, old):
         for oid in view.new_commits(old, new):
             message = view.commit(oid).message

@@ -130,15 +130,16 @@ class Store:
     # -- maps and configs ----------------------------------------------------
 
     def put(self, kind: str, body: objects.Reader, length: int | None = None,
-            expected: str | None = None, actor: str | None = None) -> Upload:
+            expected: str | None = None, actor: str | None = None, shortcut: bool = True) -> Upload:
         """Store one map or config read from ``body`` (``length`` bytes, or to EOF).
 
         ``expected`` is the digest the client announced: a mismatch stores
         nothing; a digest already stored as ``kind`` answers at once, unread.
-        ``actor`` (the user) is passed to the operator's validator, if any.
+        ``actor`` (the user) is passed to the operator's validator, if any.  Without ``shortcut``
+        the body is read even when the announced digest is stored.
         """
         expected_hex = names.digest_hex(expected, "announced digest") if expected is not None else None
-        if expected_hex and self._blob_oid(kind, expected) is not None:
+        if expected_hex and shortcut and self._blob_oid(kind, expected) is not None:
             return Upload(expected, False)
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
         # The operator's validator reads a file: with one, the body is spooled to a named file first.
@@ -177,7 +178,7 @@ class Store:
         """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
         builder = self.repo.TreeBuilder()
         builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
-        return builder.write()
+        return self._kept(builder.write)
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -218,7 +219,7 @@ class Store:
             builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(), [])
+        commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write), [])
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
@@ -227,6 +228,22 @@ class Store:
             raise exists
         self._keep_indexed(ref, str(commit), blobs)
         return self.get_tag(repository, map, tag)
+
+    def _kept(self, write: Callable[[], pygit2.Oid]) -> pygit2.Oid:
+        """Write an object (it may exist already, unreachable and old) so that ``git prune`` keeps
+        it until a ref reaches it: its loose file is touched now, younger than any grace period
+        (prune checks the time as it removes a file); one pruned meanwhile is written again."""
+        for _ in range(3):
+            oid = write()
+            try:
+                os.utime(os.path.join(self.objects_dir, str(oid)[:2], str(oid)[2:]))
+                return oid
+            except FileNotFoundError:
+                if self.repo.odb.exists(oid):  # packed: git prune removes only loose objects
+                    return oid
+            except PermissionError:
+                return oid  # another user's file: git prune run by us could not remove it either
+        raise errors.UNAVAILABLE("objects kept disappearing under a concurrent wogit gc; retry shortly")
 
     def _freshen(self, blobs: dict[str, tuple[str, str]]) -> None:
         """Touch the loose objects of a tag's blobs: ``git prune`` keeps objects touched
@@ -278,7 +295,7 @@ class Store:
             repo = self.repo
             head = repo.references.get(history)
             parent = repo[head.target] if head is not None else None
-            tree = parent.tree_id if parent is not None else repo.TreeBuilder().write()
+            tree = parent.tree_id if parent is not None else self._kept(repo.TreeBuilder().write)
             author = repo[found.commit].author
             message = (f"{DELETE_TAG} {tag}\n\ntag_commit: {found.commit}\n"
                        f"map_digest: {found.map_digest}\nconfig_digest: {found.config_digest}\n"
@@ -295,7 +312,7 @@ class Store:
 
     def list_tags(self, repository: str, map: str) -> list[Tag]:
         """Every tag of a map, by name: one read of the map's own refs, whatever the registry's size."""
-        tags = self._tags_under(names.tags_prefix(repository, map))
+        tags = list(self._tags_under([names.tags_prefix(repository, map)]))
         if not tags and not self.map_exists(repository, map):
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist")
         return tags
@@ -317,32 +334,42 @@ class Store:
             raise errors.MAP_UNKNOWN(f"repository {repository} holds no map")
         return sorted(found)
 
-    def tags_using(self, kind: str, digest: str, readable: Callable[[str], bool] = lambda r: True) -> list[Tag]:
-        """The tags, in repositories ``readable`` allows, whose map (or config) is ``digest``.
-        Reads every tag's commit message: its cost grows with the registry."""
+    def tags_using(self, kind: str, digest: str, repositories: list[str] | None = None) -> Iterator[Tag]:
+        """The tags whose map (or config) is ``digest``, in ``repositories`` (None: all), by name.
+        Reads the commit message of every tag there, streamed: memory stays flat, time grows
+        with the tags read (stop early when one is enough)."""
         names.digest_hex(digest)
         field = f"{kind}_digest: {digest}\n"
-        return [tag for tag in self._tags_under(names.NAMESPACE, lambda body: field in body)
-                if readable(tag.repository)]
+        prefixes = [names.NAMESPACE] if repositories is None else [
+            names.repository_prefixes(r)[0] for r in repositories]
+        return self._tags_under(prefixes, lambda body: field in body) if prefixes else iter(())
 
-    def all_tags(self) -> list[Tag]:
-        return self._tags_under(names.NAMESPACE)
+    def all_tags(self) -> Iterator[Tag]:
+        return self._tags_under([names.NAMESPACE])
 
-    def _tags_under(self, prefix: str, keep: Callable[[str], bool] = lambda body: True) -> list[Tag]:
+    def _tags_under(self, prefixes: list[str], keep: Callable[[str], bool] = lambda body: True) -> Iterator[Tag]:
+        """The tags under ``prefixes`` whose commit message ``keep`` accepts, streamed from one
+        ``git for-each-ref``; REPOSITORY_DAMAGED if git cannot read them all."""
         fmt = "%(refname) %(objectname) %(committerdate:unix)%0a%(contents:body)%00"
-        out = self._git("for-each-ref", f"--format={fmt}", prefix).stdout
-        tags = []
-        for record in out.split("\0\n"):
-            head, _, body = record.partition("\n")
-            parts = head.split(" ")
-            if len(parts) != 3 or not keep(body):
-                continue
-            name = names.parse_ref(parts[0])
-            fields = rules.tag_digests(body)
-            if isinstance(name, names.TagName) and len(fields) == 2:
-                tags.append(Tag(name.repository, name.map, name.tag, fields["map_digest"],
-                                fields["config_digest"], int(parts[2]), parts[1], "", ""))
-        return tags
+        with subprocess.Popen(["git", "--git-dir", self.path, "for-each-ref", f"--format={fmt}", *prefixes],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=objects.GIT_ENV) as proc:
+            try:
+                for record in _records(proc.stdout, b"\0\n"):
+                    head, _, body = record.decode("utf-8", "replace").partition("\n")
+                    parts = head.split(" ")
+                    if len(parts) != 3 or not keep(body):
+                        continue
+                    name = names.parse_ref(parts[0])
+                    fields = rules.tag_digests(body)
+                    if isinstance(name, names.TagName) and len(fields) == 2:
+                        yield Tag(name.repository, name.map, name.tag, fields["map_digest"],
+                                  fields["config_digest"], int(parts[2]), parts[1], "", "")
+            finally:
+                proc.kill()  # a caller that stopped early: git need not list the rest
+                problem = proc.stderr.read().decode("utf-8", "replace").strip()
+                code = proc.wait()
+            if code not in (0, -9) or (code == -9 and problem):
+                raise errors.REPOSITORY_DAMAGED(f"git cannot read every tag: {problem or code}; run wogit fsck")
 
     # -- maps and configs by digest ----------------------------------------------
 
@@ -413,14 +440,16 @@ class Store:
         changes: list[Change] = []
         for commit in self._first_parents(head):
             changes.extend(_describe_change(self.repo, commit))
-        for tag in self._tags_under(names.tags_prefix(repository, map)):
+        for tag in self._tags_under([names.tags_prefix(repository, map)]):
             author = self.repo[tag.commit].author
             changes.append(Change(tag.created, _actor(author.name, author.email), "create-tag", tag.commit,
                                   tag.tag, (), tag.map_digest, tag.config_digest))
-        # Newest first; within one second, a tag's creation before what was done to it.
+        # Newest first; within one second, a tag's creation before what was done to it.  A tag
+        # deleted and made again alike within one second is one commit: listed once.
         order = {"create-tag": 1}
         changes.sort(key=lambda c: (-c.time, order.get(c.action, 0)))
-        return changes
+        unique = {(c.action, c.commit): c for c in reversed(changes)}
+        return [c for c in changes if unique.get((c.action, c.commit)) is c]
 
     def set_metadata(self, repository: str, map: str, items: dict[str, str], actor: str | None = None) -> list[str]:
         """Merge ``items`` into the map's metadata; return the keys whose value changed."""
@@ -431,7 +460,7 @@ class Store:
             metadata.check_value(key, value)
         values = {key: value.encode("utf-8") for key, value in items.items()}
         metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
-        blobs = {key: self.repo.create_blob(value) for key, value in values.items()}
+        blobs = {key: self._kept(lambda value=value: self.repo.create_blob(value)) for key, value in values.items()}
 
         def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
             sizes = {entry.name: self.repo.odb.read_header(entry.id)[1] for entry in tree or ()}
@@ -487,7 +516,7 @@ class Store:
             changed, message = change(builder, parent.tree if parent is not None else None)
             if not changed:
                 return changed
-            commit = repo.create_commit(None, _signature(actor), _signature(), message, builder.write(),
+            commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write),
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else rules.ZERO
             rules.require(rules.Change(name, old, str(commit)), view=self._view())
@@ -652,8 +681,11 @@ def init(path: str) -> list[str]:
     Idempotent; returns what it changed."""
     done = []
     if not os.path.isfile(os.path.join(path, "HEAD")):
-        if os.path.isdir(path) and os.listdir(path):
-            raise SystemExit(f"wogit: {path} exists and is not a bare git repository")
+        deadline = time.monotonic() + 5  # another process may be creating it right now
+        while os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "HEAD")):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"wogit: {path} exists and is not a bare git repository")
+            time.sleep(0.1)
         pygit2.init_repository(path, bare=True)
     config = pygit2.Repository(path).config
     for key, value in GIT_CONFIG:
@@ -720,7 +752,7 @@ def _actor(name: str, email: str) -> str | None:
 
 
 _CREATED_BY = re.compile(r"^created_by: (.*) <(.*)>$", re.M)
-_CREATED = re.compile(r"^created: (\d+)$", re.M)
+_CREATED = re.compile(r"^created: ([0-9]+)$", re.M)
 _TAG_COMMIT = re.compile(r"^tag_commit: ([0-9a-f]{40})$", re.M)
 
 
@@ -736,7 +768,7 @@ def _describe_change(repo: pygit2.Repository, commit: pygit2.Commit) -> list[Cha
         deleted = Change(commit.commit_time, user, "delete-tag", str(commit.id), tag, (),
                          fields.get("map_digest"), fields.get("config_digest"))
         created, by = _CREATED.search(body), _CREATED_BY.search(body)
-        if created is None:
+        if created is None or len(created.group(1)) > 11:  # a record pushed with git may say anything
             return [deleted]
         return [deleted, Change(int(created.group(1)), _actor(*by.groups()) if by else None, "create-tag",
                                 _TAG_COMMIT.search(body).group(1), tag, (), deleted.map_digest,
@@ -750,6 +782,17 @@ def _describe_change(repo: pygit2.Repository, commit: pygit2.Commit) -> list[Cha
     if removed:
         return [Change(commit.commit_time, user, "delete-metadata", str(commit.id), keys=removed)]
     return [Change(commit.commit_time, user, "set-metadata", str(commit.id), keys=changed)] if changed else []
+
+
+def _records(stream, separator: bytes) -> Iterator[bytes]:
+    """The records of a byte stream, split at ``separator``, read a chunk at a time."""
+    pending = b""
+    while chunk := stream.read1(objects.CHUNK):
+        pending += chunk
+        *done, pending = pending.split(separator)
+        yield from done
+    if pending:
+        yield pending
 
 
 def _peek(stream: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:

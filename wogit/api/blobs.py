@@ -20,7 +20,7 @@ from wogit.api.responses import etag_matches, header, json_response
 
 TYPES = {names.MAP: "application/octet-stream", names.CONFIG: "text/plain; charset=utf-8"}
 HEADERS = {names.MAP: "Wo-Map-Digest", names.CONFIG: "Wo-Config-Digest"}
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # longer numbers: not a range we serve
 
 
 def install(app, store, settings) -> None:
@@ -39,15 +39,8 @@ def install(app, store, settings) -> None:
 
     def readable(kind: str, digest: str) -> None:
         """404 unless the client may read this content (after its digest was checked)."""
-        user, policy = bottle.request.environ.get(USER), app.gate.policy
-        if policy.level_everywhere(user) >= Level.READ:
-            return
-        using = store.tags_using(kind, digest)
-        if any(policy.level(user, tag.repository) >= Level.READ for tag in using):
-            return
-        if not using and policy.level(user, None) >= Level.WRITE:
-            return
-        raise unknown(kind, digest)
+        if not may_read(app, store, kind, digest):
+            raise unknown(kind, digest)
 
     def get(kind: str, digest: str):
         names.digest_hex(digest)
@@ -70,9 +63,7 @@ def install(app, store, settings) -> None:
     def using(kind: str, digest: str):
         names.digest_hex(digest)
         find(kind, digest)  # 404 for a digest never uploaded as this kind
-        user, policy = bottle.request.environ.get(USER), app.gate.policy
-        tags = store.tags_using(kind, digest, lambda r: policy.level(user, r) >= Level.READ)
-        tags.sort(key=_place)
+        tags = sorted(store.tags_using(kind, digest, readable_repositories(app, store)), key=_place)
         last = pages.last()
         start = pages.after(tags, _place, tuple(last.split("/"))) if last is not None else 0
         chosen, headers = pages.page(tags, lambda t: "/".join(_place(t)), start)
@@ -94,6 +85,28 @@ def install(app, store, settings) -> None:
     @app.get("/configs/<digest:re:[^/]*:[^/]*>/_tags", need=Level.READ, scope=ANY)
     def get_config_tags(digest):
         return using(names.CONFIG, digest)
+
+
+def readable_repositories(app, store) -> list[str] | None:
+    """The repositories the client may read (None: every one, present and future)."""
+    user, policy = bottle.request.environ.get(USER), app.gate.policy
+    if policy.level_everywhere(user) >= Level.READ:
+        return None
+    return [r for r in store.repositories() if policy.level(user, r) >= Level.READ]
+
+
+def may_read(app, store, kind: str, digest: str) -> bool:
+    """Whether the client may read this map or config: it may read a repository with a tag
+    that uses it, or (an untagged upload) it may write somewhere.  Creating a tag and the
+    upload shortcut ask this too, so knowing a digest never gives its bytes."""
+    repositories = readable_repositories(app, store)
+    if repositories is None:
+        return True
+    if repositories and next(store.tags_using(kind, digest, repositories), None) is not None:
+        return True
+    user = bottle.request.environ.get(USER)
+    return (app.gate.policy.level(user, None) >= Level.WRITE
+            and next(store.tags_using(kind, digest), None) is None)
 
 
 def _place(tag) -> tuple[str, str, str]:

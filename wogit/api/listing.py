@@ -71,7 +71,7 @@ def _newest_first(tag) -> tuple[int, str]:
 
 def _time_token(token: str) -> tuple[int, str]:
     created, _, tag = token.partition(",")
-    if not (created.isascii() and created.isdigit()) or not names.is_tag(tag):
+    if not (created.isascii() and created.isdigit() and len(created) <= 12) or not names.is_tag(tag):
         raise errors.BAD_REQUEST(f"last={token!r} is not a token of ?sort=time (<unix seconds>,<tag>)")
     return -int(created), tag
 

@@ -21,7 +21,7 @@ def size() -> int:
     raw = bottle.request.query.get("n")
     if raw is None:
         return DEFAULT_SIZE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SIZE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_SIZE:
         raise errors.BAD_REQUEST(f"n must be a whole number from 1 to {MAX_SIZE}, not {raw!r}")
     return int(raw)
 

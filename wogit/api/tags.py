@@ -7,6 +7,7 @@ import bottle
 
 from wogit import errors, names
 from wogit.access import Level
+from wogit.api.blobs import may_read
 from wogit.api.body import Body
 from wogit.api.gate import USER
 from wogit.api.listing import describe_tag
@@ -22,6 +23,10 @@ def install(app, store, settings) -> None:
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
+        for kind in names.KINDS:  # a digest the client may not read is one it never heard of
+            digest = fields[f"{kind}_digest"]
+            if names.is_digest(digest) and not may_read(app, store, kind, digest):
+                raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}")
         tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"],
                                actor=bottle.request.environ.get(USER))
         return json_response(201, describe_tag(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
