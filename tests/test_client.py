@@ -703,3 +703,69 @@ def test_the_python_api_returns_dataclasses_and_raises_typed_errors(server, uniq
             404, f"tag {unique}/area/v3 does not exist", 3)
     assert client.file_digest(TEST_MAP) == MAP_DIGEST
     assert client.parse_metadata("a=1\nb=x=y\n") == {"a": "1", "b": "x=y"}
+
+
+class _Hostile(threading.Thread):
+    """A registry that misbehaves: an endless error body, or pages whose Link comes back."""
+
+    def __init__(self, mode: str):
+        super().__init__(daemon=True)
+        import http.server
+
+        hostile = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                hostile.requests += 1
+                if mode == "endless-error":
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b'{"msg": "')
+                        for _ in range(4096):  # 256 MiB, never read whole
+                            self.wfile.write(b"x" * 65536)
+                    except OSError:
+                        pass
+                    return
+                body = b'{"tags": []}' if mode == "loop" else b'{"tags": [1, null, "x"]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if mode == "loop":
+                    self.send_header("Link", '</osm/area/_tags?n=1&last=a>; rel="next"')
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.requests = 0
+
+    def run(self):
+        self.server.serve_forever()
+
+
+@pytest.mark.parametrize("mode, code, message", [
+    ("endless-error", 3, "404 Not Found"),
+    ("loop", 1, "the registry's pages loop: {url}/osm/area/_tags?n=1&last=a comes again"),
+    ("wrong-shape", 1, "the registry's answer is not the JSON the API documents"),
+])
+def test_a_hostile_registry_gets_a_clean_error_and_bounded_memory(home, mode, code, message):
+    hostile = _Hostile(mode)
+    hostile.start()
+    try:
+        result = wogit(home, "tags", "osm/area", "--registry", hostile.url)
+    finally:
+        hostile.server.shutdown()
+    assert (result.returncode, result.stdout, result.stderr) == (code, "", f"wogit: {message.format(url=hostile.url)}\n")
+    assert hostile.requests <= 3
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:0"])
+def test_a_registry_url_that_cannot_be_is_a_usage_error(home, url):
+    result = wogit(home, "ls", "--registry", url)
+    assert (result.returncode, result.stderr) == (
+        2, f"wogit: the registry URL must be http:// or https:// with a host (and a port from 1 to 65535), not {url!r}\n")

@@ -451,3 +451,97 @@ def test_history_and_at(fresh_server):
 
 def _seconds(text: str) -> int:
     return int(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone)
+
+
+# -- regressions from an adversarial review -----------------------------------------------------
+
+def test_knowing_a_digest_does_not_let_a_writer_tag_or_probe_it(guarded):
+    srv, digests = guarded
+    carol, alice = ("carol", USERS["carol"]), ("alice", USERS["alice"])  # carol writes on robots only
+    secret, config = digests["S"], digests["C"]
+    reply = requests.put(srv.url + "/robots/steal/v1", json=tag_body(secret, config), auth=carol)
+    never = "sha256:" + "3" * 64
+    unknown = requests.put(srv.url + "/robots/steal/v1", json=tag_body(never, config), auth=carol)
+    assert (reply.status_code, reply.json()) == (404, {"msg": f"map_digest {secret} names no uploaded map"})
+    assert (unknown.status_code, unknown.json()) == (404, {"msg": f"map_digest {never} names no uploaded map"})
+    assert requests.get(f"{srv.url}/blobs/{secret}", auth=carol).status_code == 404
+    # Announcing the digest gets no "already uploaded" unless the bytes say so.
+    probe = requests.put(srv.url + "/blobs/upload", data=b"not the secret", auth=carol,
+                         headers={"Wo-Map-Digest": secret})
+    assert probe.status_code == 400 and probe.json()["msg"].startswith("the map has digest sha256:")
+    owner = requests.put(srv.url + "/blobs/upload", data=b"not the secret", auth=alice,
+                         headers={"Wo-Map-Digest": secret})
+    assert (owner.status_code, owner.json()) == (409, {"msg": f"map {secret} was already uploaded"})
+    assert "refs/wo/robots/steal/v1" not in refs(srv.data)
+
+
+def test_concurrent_deletes_of_one_tag_are_one_200_and_404s(fresh_server):
+    import concurrent.futures
+
+    srv = fresh_server()
+    srv.push("osm/area/v1")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(lambda _: requests.delete(srv.url + "/osm/area/v1").status_code, range(8)))
+    assert codes == [200] + [404] * 7
+    history = requests.get(srv.url + "/osm/area/_history").json()["history"]
+    assert [h["action"] for h in history] == ["delete-tag", "create-tag"]
+    fsck(srv.data)
+
+
+def test_a_tag_deleted_and_made_again_alike_is_one_commit_and_pages_end(fresh_server):
+    srv = fresh_server()
+    m, c = srv.push("osm/area/v1")
+    for _ in range(3):
+        assert requests.delete(srv.url + "/osm/area/v1").status_code == 200
+        assert srv.tag("osm/area/v1", m, c).status_code == 201
+    history = requests.get(srv.url + "/osm/area/_history").json()["history"]
+    ids = [(h["action"], h["commit"]) for h in history]
+    assert len(ids) == len(set(ids))
+    pages, _ = follow(srv.url + "/osm/area/_history", n=1)
+    assert [entry for page in pages for entry in page] == history
+
+
+@pytest.mark.parametrize("query", ["n=" + "1" * 5000, "n=00001", "sort=time&last=" + "1" * 5000 + ",v1"])
+def test_huge_numbers_in_queries_are_400(server, unique, query):
+    server.push(f"{unique}/m/v1")
+    reply = requests.get(f"{server.url}/{unique}/m/_tags?{query}")
+    assert reply.status_code == 400 and "msg" in reply.json()
+
+
+@pytest.mark.parametrize("spec", ["bytes=" + "1" * 5000 + "-", "bytes=0-" + "1" * 5000, "bytes=-" + "1" * 5000,
+                                  "bytes=\u0660-\u0665"])
+def test_ranges_with_huge_or_unicode_numbers_answer_the_whole_body(server, big, spec):
+    data, digest = big
+    reply = requests.get(f"{server.url}/blobs/{digest}", headers={"Range": spec.encode("utf-8")})
+    assert (reply.status_code, len(reply.content)) == (200, len(data))
+
+
+def test_a_pushed_deletion_record_with_a_wild_time_does_not_break_the_history(fresh_server, tmp_path):
+    srv = fresh_server()
+    srv.push("osm/area/v1")
+    assert requests.put(srv.url + "/osm/area/metadata", data=b"a=1").status_code == 200
+    head = refs(srv.data)["refs/wo/_metadata/osm/area"]
+    message = "delete-tag ghost\n\ntag_commit: " + "1" * 40 + "\ncreated: 99999999999999999999\n"
+    tree = git(srv.data, "rev-parse", head + "^{tree}").stdout.strip()
+    commit = subprocess.run(["git", "--git-dir", str(srv.data), "commit-tree", tree, "-p", head, "-m", message],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    clone = tmp_path / "c.git"
+    git(tmp_path, "clone", "-q", "--mirror", str(srv.data), str(clone))
+    git(clone, "fetch", "-q", str(srv.data), commit)
+    git(clone, "push", "-q", str(srv.data), f"{commit}:refs/wo/_metadata/osm/area")
+    reply = requests.get(srv.url + "/osm/area/_history")
+    assert reply.status_code == 200
+    assert [(h["action"], h.get("tag")) for h in reply.json()["history"]][:1] == [("delete-tag", "ghost")]
+
+
+def test_an_old_unreachable_tree_a_new_tag_reuses_is_touched_before_its_ref_exists(fresh_server):
+    srv = fresh_server()
+    m, c = srv.push("osm/area/v1", b"the map", b"k: 1\n")
+    tree = git(srv.data, "rev-parse", "refs/wo/osm/area/v1^{tree}").stdout.strip()
+    assert requests.delete(srv.url + "/osm/area/v1").status_code == 200
+    path = srv.data / "objects" / tree[:2] / tree[2:]
+    os.utime(path, (time.time() - 7200,) * 2)  # unreachable and old: git prune would remove it
+    started = time.time() - 1
+    assert srv.tag("osm/area/v2", m, c).status_code == 201
+    assert git(srv.data, "rev-parse", "refs/wo/osm/area/v2^{tree}").stdout.strip() == tree
+    assert path.stat().st_mtime >= started
