@@ -63,10 +63,15 @@ def install(app, store, settings) -> None:
     def using(kind: str, digest: str):
         names.digest_hex(digest)
         find(kind, digest)  # 404 for a digest never uploaded as this kind
-        tags = sorted(store.tags_using(kind, digest, readable_repositories(app, store)), key=_place)
-        last = pages.last()
-        start = pages.after(tags, _place, tuple(last.split("/"))) if last is not None else 0
-        chosen, headers = pages.page(tags, lambda t: "/".join(_place(t)), start)
+        # git lists refs by name, so "<repository>/<map>/<tag>" comes sorted: read one page and stop.
+        last, n = pages.last(), pages.size()
+        tags = []
+        for tag in store.tags_using(kind, digest, readable_repositories(app, store)):
+            if last is None or _place(tag) > last:
+                tags.append(tag)
+                if len(tags) > n:
+                    break
+        chosen, headers = pages.page(tags, _place)
         return json_response(200, {"tags": [describe_tag(t) for t in chosen]}, headers)
 
     @app.route("/blobs/<digest>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
@@ -109,8 +114,9 @@ def may_read(app, store, kind: str, digest: str) -> bool:
             and next(store.tags_using(kind, digest), None) is None)
 
 
-def _place(tag) -> tuple[str, str, str]:
-    return tag.repository, tag.map, tag.tag
+def _place(tag) -> str:
+    """Where a tag is in a list of the tags using a digest: its name in ref order."""
+    return f"{tag.repository}/{tag.map}/{tag.tag}"
 
 
 def _range(value: str | None, if_range: str | None, etag: str, size: int) -> tuple[int, int]:
