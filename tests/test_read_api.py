@@ -545,3 +545,59 @@ def test_an_old_unreachable_tree_a_new_tag_reuses_is_touched_before_its_ref_exis
     assert srv.tag("osm/area/v2", m, c).status_code == 201
     assert git(srv.data, "rev-parse", "refs/wo/osm/area/v2^{tree}").stdout.strip() == tree
     assert path.stat().st_mtime >= started
+
+
+def test_an_uploader_proves_it_holds_bytes_someone_else_tagged_where_it_cannot_read(guarded, home_env):
+    srv, digests = guarded
+    carol, alice, dave = ("carol", USERS["carol"]), ("alice", USERS["alice"]), ("dave", USERS["dave"])
+    data = b"carol's map, tagged by alice in secret"
+    first = requests.put(srv.url + "/blobs/upload", data=data, auth=carol)
+    assert first.status_code == 201
+    m, proof = first.json()["digest"], first.headers["Wo-Upload-Proof"]
+    assert requests.put(srv.url + "/secret/grab/v1", json=tag_body(m, digests["C"]), auth=alice).status_code == 201
+    refused = requests.put(srv.url + "/robots/own/v1", json=tag_body(m, digests["C"]), auth=carol)
+    assert (refused.status_code, refused.json()) == (404, {"msg": f"map_digest {m} names no uploaded map"})
+    for wrong in (proof[:-1] + ("0" if proof[-1] != "0" else "1"), 7, None):
+        body = {**tag_body(m, digests["C"]), "map_proof": wrong}
+        assert requests.put(srv.url + "/robots/own/v1", json=body, auth=carol).status_code == 404
+    # Someone else's proof is not carol's.
+    dave_proof = requests.put(srv.url + "/blobs/upload", data=data, auth=dave)
+    assert dave_proof.status_code == 403  # dave may not upload at all
+    again = requests.put(srv.url + "/blobs/upload", data=data, auth=carol, headers={"Wo-Map-Digest": m})
+    assert (again.status_code, again.headers["Wo-Upload-Proof"]) == (409, proof)
+    tagged = requests.put(srv.url + "/robots/own/v1", json={**tag_body(m, digests["C"]), "map_proof": proof}, auth=carol)
+    assert tagged.status_code == 201, tagged.text
+    assert requests.get(f"{srv.url}/blobs/{m}", auth=carol).content == data
+    # The client does the same by itself: HEAD says 404, so it uploads, and tags with the proof.
+    (home_env["dir"] / "map").write_bytes(data)
+    (home_env["dir"] / "config").write_bytes(b"c: 1\n")
+    pushed = subprocess.run([os.sys.executable, "-m", "wogit", "push", "robots/own:v2", "--map", str(home_env["dir"] / "map"),
+                             "--config", str(home_env["dir"] / "config"), "--registry", srv.url, "--json"],
+                            env={**home_env["env"], "WOGIT_USER": "carol", "WOGIT_PASSWORD": USERS["carol"]},
+                            capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    assert requests.get(srv.url + "/robots/own/v2", auth=carol).headers["Wo-Map-Digest"] == m
+
+
+@pytest.fixture
+def home_env(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"dir": tmp_path, "env": {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}}
+
+
+def test_a_dangling_index_ref_does_not_break_listings_or_gc(fresh_server):
+    srv = fresh_server()
+    m, c = srv.push("osm/area/v1")
+    broken = srv.data / "refs" / "wo" / "_maps" / "sha256" / ("4" * 64)
+    broken.write_text("5" * 40 + "\n")  # a ref at an object that is not there
+    reply = requests.get(f"{srv.url}/blobs/{m}/_tags")
+    assert (reply.status_code, [t["tag"] for t in reply.json()["tags"]]) == (200, ["v1"])
+    gc = subprocess.run([os.sys.executable, "-m", "wogit", "gc", "--data", str(srv.data), "--json"],
+                        capture_output=True, text=True)
+    assert (gc.returncode, gc.stdout) == (1, "")  # git prunes nothing while a ref names a missing object
+    assert gc.stderr.startswith("wogit gc: git prune refused to run: fatal: ") and gc.stderr.endswith("; run wogit fsck\n")
+    check = subprocess.run([os.sys.executable, "-m", "wogit", "fsck", "--data", str(srv.data)],
+                           capture_output=True, text=True)
+    assert check.returncode == 1
+    assert f"problem: refs/wo/_maps/sha256/{'4' * 64}: a map's digest index ref must point at a tree" in check.stdout

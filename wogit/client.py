@@ -262,9 +262,10 @@ class Client:
         """Upload what the registry lacks, tag it (a tag that exists with the same digests is fine)
         and merge ``metadata`` into the map's."""
         map_digest, config_digest = file_digest(map_file), file_digest(config_file)
-        map_uploaded = self._upload(MAP, map_file, map_digest)
-        config_uploaded = self._upload(CONFIG, config_file, config_digest)
-        tag_created = self._create_tag(repository, map, tag, map_digest, config_digest)
+        proofs: dict[str, str] = {}
+        map_uploaded = self._upload(MAP, map_file, map_digest, proofs)
+        config_uploaded = self._upload(CONFIG, config_file, config_digest, proofs)
+        tag_created = self._create_tag(repository, map, tag, map_digest, config_digest, proofs)
         changed = self.set_metadata(repository, map, metadata) if metadata else {"set": [], "ignored": []}
         return PushResult(repository, map, tag, map_digest, config_digest, map_uploaded, config_uploaded,
                           tag_created, changed["set"], changed["ignored"])
@@ -355,8 +356,9 @@ class Client:
 
     # -- transfers -----------------------------------------------------------------
 
-    def _upload(self, kind: str, path: str | os.PathLike, digest: str) -> bool:
-        """Upload a file unless the registry has its digest; True when it was uploaded."""
+    def _upload(self, kind: str, path: str | os.PathLike, digest: str, proofs: dict[str, str]) -> bool:
+        """Upload a file unless the registry has its digest (readable by us); True when it was
+        uploaded.  The registry's proof that we hold the bytes goes into ``proofs``, for the tag."""
         if self.has(kind, digest):
             return False
         size = os.path.getsize(path)
@@ -366,6 +368,9 @@ class Client:
 
         response = self._request("PUT", f"/{_ROUTE[kind]}/upload", body=body, expect=(201, 409),
                                  headers={"Content-Type": "application/octet-stream", _DIGEST_HEADER[kind]: digest})
+        if response.headers.get("Wo-Upload-Proof"):
+            proofs[f"{kind}_proof"] = response.headers["Wo-Upload-Proof"]
+        response.close()
         return response.status_code == 201
 
     def _download(self, kind: str, digest: str, target: Path) -> _Transfer:
@@ -468,9 +473,10 @@ class Client:
             if hasattr(data, "close"):
                 data.close()
 
-    def _create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str) -> bool:
+    def _create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str,
+                    proofs: dict[str, str] | None = None) -> bool:
         response = self._request("PUT", _path(repository, map, tag), expect=(201, 409),
-                                 json={"map_digest": map_digest, "config_digest": config_digest})
+                                 json={"map_digest": map_digest, "config_digest": config_digest, **(proofs or {})})
         if response.status_code == 201:
             return True
         if self.tag_digests(repository, map, tag) != (map_digest, config_digest):

@@ -27,7 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from wogit import names, objects, rules
+from wogit import errors, names, objects, rules
 from wogit.store import Store
 
 MIN_PRUNE_AGE = 60.0  # seconds: the least grace; younger objects may be a writer's, not yet referenced
@@ -121,7 +121,10 @@ def _prune(store: Store, age: float) -> tuple[int, int]:
     """``git prune`` of unreachable loose objects older than ``age`` seconds: (count, bytes)."""
     expire = f"--expire={int(age)}.seconds.ago"
     sizes = {}
-    for oid in store._git("prune", "--dry-run", expire).stdout.split()[::2]:  # "<oid> <type>" lines
+    listed = store._git("prune", "--dry-run", expire, check=False)
+    if listed.returncode != 0:  # git prunes nothing while a ref names a missing object
+        raise errors.REPOSITORY_DAMAGED(f"git prune refused to run: {listed.stderr.strip()}; run wogit fsck")
+    for oid in listed.stdout.split()[::2]:  # "<oid> <type>" lines
         try:
             sizes[oid] = os.stat(_loose(store, oid)).st_size
         except FileNotFoundError:

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from dataclasses import asdict
 
 from wogit import errors
@@ -58,7 +59,7 @@ def run(args) -> int:
     try:
         return _run(args, store)
     except errors.WogitError as exc:  # a damaged repository: say so, as fsck would
-        print(f"wogit {args.command}: {exc.msg}")
+        print(f"wogit {args.command}: {exc.msg}", file=sys.stderr)
         return 1
 
 

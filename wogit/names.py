@@ -23,6 +23,8 @@ NAMESPACE = "refs/wo/"
 MAPS = NAMESPACE + "_maps/sha256/"
 CONFIGS = NAMESPACE + "_configs/sha256/"
 METADATA = NAMESPACE + "_metadata/"
+#: A git ref pattern (for-each-ref) matching every tag ref and nothing else of the registry.
+TAGS_PATTERN = NAMESPACE + "[a-z0-9]*/*/*"
 
 REPOSITORY_RULE = r"[a-z0-9]+([._-][a-z0-9]+)*, at most 64 characters"
 TAG_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}, not 'metadata', no '..', not ending in '.' or '.lock'"

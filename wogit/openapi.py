@@ -183,7 +183,10 @@ SCHEMAS = {
     "Digest": {"type": "string", "pattern": DIGEST_PATTERN, "description": "sha256: and 64 lowercase hex digits"},
     "TagBody": {"type": "object", "description": "Both digests, as strings; other fields are ignored.",
                 "properties": {"map_digest": {"type": "string", "description": "an uploaded map's digest"},
-                               "config_digest": {"type": "string", "description": "an uploaded config's digest"}},
+                               "config_digest": {"type": "string", "description": "an uploaded config's digest"},
+                               "map_proof": {"type": "string", "description": "the upload's Wo-Upload-Proof: "
+                                             "lets its uploader tag a digest it may not otherwise read"},
+                               "config_proof": {"type": "string", "description": "the same, for the config"}},
                 "required": ["map_digest", "config_digest"]},
     "Tag": obj({"repository": NAME, "map": NAME, "tag": TAG, "map_digest": DIGEST, "config_digest": DIGEST,
                 "created": TIME}),
@@ -247,6 +250,8 @@ HEADERS = {
                      "`[A-Za-z0-9._:-]`; else 32 lowercase hex digits); on every answer.",
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
     "Wo-Map-Digest": {"description": "The map's digest.", "schema": DIGEST},
+    "Wo-Upload-Proof": {"description": "Proof that this user holds the uploaded bytes: pass it as the tag "
+                                       "body's map_proof or config_proof.", "schema": {"type": "string"}},
     "Wo-Config-Digest": {"description": "The config's digest.", "schema": DIGEST},
     "Wo-Metadata-Commit": {"description": "The metadata commit whose state this is (absent before the map's "
                            "first metadata change).", "schema": {"type": "string", "pattern": COMMIT_PATTERN}},
@@ -424,9 +429,9 @@ def uploads() -> dict:
             f"upload{kind.title()}", f"Upload a {kind}",
             f"Stores the bytes, addressed by their digest. Maps and configs are separate kinds: the same bytes "
             f"may be uploaded once as each.",
-            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name)}),
+            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")}),
              "409": {**error_response(f"These bytes were already uploaded as a {kind} (EXISTS)",
-                                      **{name: header(name)})},
+                                      **{name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")})},
              "422": error("HookRejected"), "503": error("Unavailable"),
              **auth_errors(write=True), **body_errors(limit),
              **always(f"an empty body, a malformed or mismatching `{name}`, a body cut short{extra_400}")},

@@ -17,8 +17,10 @@ import codecs
 import hashlib
 import logging
 import os
+import hmac
 import random
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -202,6 +204,17 @@ class Store:
             raise errors.BLOB_UNKNOWN(f"{field} {digest} names no uploaded {kind}")
         return oid
 
+    def upload_proof(self, actor: str | None, kind: str, digest: str) -> str:
+        """A token saying ``actor`` uploaded these bytes (or had them verified as stored): it lets
+        that user tag a digest it may not otherwise read (knowing a digest is not a permission,
+        holding the bytes is)."""
+        secret = self.repo.config[UPLOAD_SECRET].encode()
+        message = f"{actor or ''}\n{kind}\n{digest}".encode("utf-8")
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    def is_upload_proof(self, token: object, actor: str | None, kind: str, digest: str) -> bool:
+        return isinstance(token, str) and hmac.compare_digest(token, self.upload_proof(actor, kind, digest))
+
     # -- tags ----------------------------------------------------------------
 
     def create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str,
@@ -340,12 +353,12 @@ class Store:
         with the tags read (stop early when one is enough)."""
         names.digest_hex(digest)
         field = f"{kind}_digest: {digest}\n"
-        prefixes = [names.NAMESPACE] if repositories is None else [
+        prefixes = [names.TAGS_PATTERN] if repositories is None else [
             names.repository_prefixes(r)[0] for r in repositories]
         return self._tags_under(prefixes, lambda body: field in body) if prefixes else iter(())
 
     def all_tags(self) -> Iterator[Tag]:
-        return self._tags_under([names.NAMESPACE])
+        return self._tags_under([names.TAGS_PATTERN])
 
     def _tags_under(self, prefixes: list[str], keep: Callable[[str], bool] = lambda body: True) -> Iterator[Tag]:
         """The tags under ``prefixes`` whose commit message ``keep`` accepts, streamed from one
@@ -369,7 +382,8 @@ class Store:
                 problem = proc.stderr.read().decode("utf-8", "replace").strip()
                 code = proc.wait()
             if code not in (0, -9) or (code == -9 and problem):
-                raise errors.REPOSITORY_DAMAGED(f"git cannot read every tag: {problem or code}; run wogit fsck")
+                raise errors.REPOSITORY_DAMAGED(f"git cannot read every tag's commit: {problem or code}; "
+                                                "run wogit fsck")
 
     # -- maps and configs by digest ----------------------------------------------
 
@@ -672,6 +686,7 @@ class Store:
 
 
 #: The registry's git settings: objects and refs synced to disk, pushed objects checked.
+UPLOAD_SECRET = "wogit.uploadSecret"
 GIT_CONFIG = (("core.fsync", "all"), ("receive.fsckObjects", "true"), ("core.logAllRefUpdates", "false"))
 
 
@@ -688,6 +703,12 @@ def init(path: str) -> list[str]:
             time.sleep(0.1)
         pygit2.init_repository(path, bare=True)
     config = pygit2.Repository(path).config
+    if UPLOAD_SECRET not in config:  # the key of the upload proofs (Store.upload_proof)
+        try:
+            config[UPLOAD_SECRET] = secrets.token_hex(32)
+            done.append(f"set {UPLOAD_SECRET}")
+        except pygit2.GitError:  # another process is writing the config: it sets one too
+            pass
     for key, value in GIT_CONFIG:
         if (config[key] if key in config else None) != value:
             try:

@@ -23,9 +23,11 @@ def install(app, store, settings) -> None:
     def put_tag(repository, map, tag_id):
         names.check_tag_name(repository, map, tag_id)
         fields = _tag_fields(Body(bottle.request.environ, settings.max_body_size, "tag body").text())
-        for kind in names.KINDS:  # a digest the client may not read is one it never heard of
-            digest = fields[f"{kind}_digest"]
-            if names.is_digest(digest) and not may_read(app, store, kind, digest):
+        user = bottle.request.environ.get(USER)
+        for kind in names.KINDS:  # a digest the client may not read, nor proves it uploaded, is unknown
+            digest, proof = fields[f"{kind}_digest"], fields.get(f"{kind}_proof")
+            if names.is_digest(digest) and not store.is_upload_proof(proof, user, kind, digest) \
+                    and not may_read(app, store, kind, digest):
                 raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}")
         tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"],
                                actor=bottle.request.environ.get(USER))

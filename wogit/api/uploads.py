@@ -23,7 +23,10 @@ def install(app, store, settings) -> None:
         trusted = announced is None or not names.is_digest(announced) or may_read(app, store, kind, announced)
         result = store.put(kind, body, body.length, announced, actor=bottle.request.environ.get(USER),
                            shortcut=trusted)
-        headers = {header: result.digest}
+        # The proof that this user holds these bytes (read from the body: a shortcut is only for
+        # users who may read the digest anyway), for tagging them (tags.py).
+        headers = {header: result.digest,
+                   "Wo-Upload-Proof": store.upload_proof(bottle.request.environ.get(USER), kind, result.digest)}
         if not result.created:
             raise errors.EXISTS(f"{kind} {result.digest} was already uploaded", headers)
         return json_response(201, {"digest": result.digest}, headers)
