@@ -113,8 +113,8 @@ def test_hooks_are_installed_on_creation_and_by_init_idempotently(tmp_path):
     result = wogit("init", "--data", str(mirror))
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
-        "set core.fsync=all", "set receive.fsckObjects=true", "set core.logAllRefUpdates=false",
-        f"kept the existing pre-receive hook as {mirror}/hooks/pre-receive.d/00-original",
+        "set wogit.uploadSecret", "set core.fsync=all", "set receive.fsckObjects=true",
+        "set core.logAllRefUpdates=false", f"kept the existing pre-receive hook as {mirror}/hooks/pre-receive.d/00-original",
         f"installed {mirror}/hooks/pre-receive",
         f"checked the registry repository {mirror}; its hooks are installed"]
     assert (mirror / "hooks" / "pre-receive.d" / "00-original").read_text().startswith("#!/bin/sh\necho operator")
