@@ -116,6 +116,7 @@ class Store:
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
         self._local = threading.local()
+        self._secret: bytes | None = None  # the upload proofs' key (wogit.uploadSecret)
         self.listeners: list[Callable[[], None]] = []  # told after every ref change (replication)
         pygit2.settings.enable_fsync_gitdir(fsync)
         init(self.path)
@@ -208,7 +209,13 @@ class Store:
         """A token saying ``actor`` uploaded these bytes (or had them verified as stored): it lets
         that user tag a digest it may not otherwise read (knowing a digest is not a permission,
         holding the bytes is)."""
-        secret = self.repo.config[UPLOAD_SECRET].encode()
+        if self._secret is None:  # set once by init() and never changed: read it once
+            config = pygit2.Repository(self.path).config
+            if UPLOAD_SECRET not in config:  # init() lost a race for the config file: try again
+                init(self.path)
+                config = pygit2.Repository(self.path).config
+            self._secret = config[UPLOAD_SECRET].encode()
+        secret = self._secret
         message = f"{actor or ''}\n{kind}\n{digest}".encode("utf-8")
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
