@@ -63,12 +63,13 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
     now = time.time()
     used = _used(store)
     swept: dict[str, tuple[str, str]] = {}  # index ref -> (its tree, the blob)
+    view = store._view()  # objects read in-process: one subprocess per ref would cost minutes
     for ref, tree in _index_refs(store).items():
         name = names.parse_ref(ref)
         if (name.kind, name.digest) in used:
             report.kept_in_use += 1
             continue
-        blob = rules.indexed_blob(rules.GitView(store.path), tree, name.kind)
+        blob = rules.indexed_blob(view, tree, name.kind)
         if blob is None or now - _touched(store, blob, tree) < max(grace_seconds, MIN_PRUNE_AGE):
             report.kept_in_grace += 1
             continue

@@ -251,31 +251,29 @@ class Store:
 
     def _kept(self, write: Callable[[], pygit2.Oid]) -> pygit2.Oid:
         """Write an object (it may exist already, unreachable and old) so that ``git prune`` keeps
-        it until a ref reaches it: its loose file is touched now, younger than any grace period
-        (prune checks the time as it removes a file); one pruned meanwhile is written again."""
+        it until a ref reaches it: touched now, younger than any grace period (prune checks the
+        time as it removes a file); one pruned meanwhile is written again."""
         for _ in range(3):
             oid = write()
-            try:
-                os.utime(os.path.join(self.objects_dir, str(oid)[:2], str(oid)[2:]))
+            if self._touch(str(oid)):
                 return oid
-            except FileNotFoundError:
-                if self.repo.odb.exists(oid):  # packed: git prune removes only loose objects
-                    return oid
-            except PermissionError:
-                return oid  # another user's file: git prune run by us could not remove it either
         raise errors.UNAVAILABLE("objects kept disappearing under a concurrent wogit gc; retry shortly")
 
     def _freshen(self, blobs: dict[str, tuple[str, str]]) -> None:
-        """Touch the loose objects of a tag's blobs: ``git prune`` keeps objects touched
-        within the grace period, so a sweep that raced this tag cannot remove them."""
+        """Touch the loose objects of a tag's blobs, so a sweep that raced this tag cannot remove them."""
         for kind, (digest, oid) in blobs.items():
-            try:
-                os.utime(os.path.join(self.objects_dir, oid[:2], oid[2:]))
-            except FileNotFoundError:
-                if not self.repo.odb.exists(oid):  # packed objects are not swept by git prune
-                    raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}") from None
-            except PermissionError:
-                pass  # a read-only object file of another user: git prune keeps what it cannot stat older
+            if not self._touch(oid):
+                raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}")
+
+    def _touch(self, oid: str) -> bool:
+        """Make an object look new to ``git prune``; False if it is not there (any more)."""
+        try:
+            os.utime(os.path.join(self.objects_dir, oid[:2], oid[2:]))
+        except FileNotFoundError:
+            return self.repo.odb.exists(oid)  # packed: git prune removes only loose objects
+        except PermissionError:
+            pass  # another user's file: a git prune run as we are could not remove it either
+        return True
 
     def _keep_indexed(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
         """After a tag is created: its blobs are still there and indexed (a gc running meanwhile
@@ -286,7 +284,8 @@ class Store:
                 self._git("update-ref", "-d", ref, commit, check=False)
                 self._changed()
                 raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} was removed by wogit gc meanwhile")
-            self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid))
+            if self.repo.references.get(names.blob_ref(kind, digest)) is None:
+                self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid))
 
     def get_tag(self, repository: str, map: str, tag: str) -> Tag:
         ref = self.repo.references.get(names.tag_ref(repository, map, tag))
