@@ -29,18 +29,15 @@ def install(app, store, settings) -> None:
         return errors.BLOB_UNKNOWN(f"digest {digest} names no uploaded {kind} that you may read")
 
     def find(kind: str, digest: str):
-        readable(kind, digest)
+        """The stored content, if the client may read it; the same 404 otherwise."""
+        if not may_read(app, store, kind, digest):
+            raise unknown(kind, digest)
         try:
             return store.get_blob(kind, digest)
         except errors.WogitError as exc:
             if exc.code is errors.BLOB_UNKNOWN:
                 raise unknown(kind, digest) from None
             raise
-
-    def readable(kind: str, digest: str) -> None:
-        """404 unless the client may read this content (after its digest was checked)."""
-        if not may_read(app, store, kind, digest):
-            raise unknown(kind, digest)
 
     def get(kind: str, digest: str):
         names.digest_hex(digest)
@@ -134,9 +131,9 @@ def _range(value: str | None, if_range: str | None, etag: str, size: int) -> tup
             raise errors.RANGE_NOT_SATISFIABLE("the range asks for the last 0 bytes",
                                                {"Content-Range": f"bytes */{size}"})
         return max(size - int(last), 0), size - 1
-    if int(first) >= size or (last and int(last) < int(first)):
-        if last and int(last) < int(first):
-            return whole  # an invalid range is ignored (RFC 9110, 14.2)
+    if last and int(last) < int(first):
+        return whole  # an invalid range is ignored (RFC 9110, 14.2)
+    if int(first) >= size:
         raise errors.RANGE_NOT_SATISFIABLE(f"the range starts at byte {first}, but the content has {size} bytes",
                                            {"Content-Range": f"bytes */{size}"})
     return int(first), min(int(last), size - 1) if last else size - 1

@@ -29,8 +29,7 @@ def install(app, store, settings) -> None:
             if names.is_digest(digest) and not store.is_upload_proof(proof, user, kind, digest) \
                     and not may_read(app, store, kind, digest):
                 raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} names no uploaded {kind}")
-        tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"],
-                               actor=bottle.request.environ.get(USER))
+        tag = store.create_tag(repository, map, tag_id, fields["map_digest"], fields["config_digest"], actor=user)
         return json_response(201, describe_tag(tag), {"Location": f"/{repository}/{map}/{tag_id}"})
 
     @app.delete(TAG_PATH, need=Level.DELETE)
