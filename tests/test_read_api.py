@@ -523,8 +523,10 @@ def test_a_pushed_deletion_record_with_a_wild_time_does_not_break_the_history(fr
     head = refs(srv.data)["refs/wo/_metadata/osm/area"]
     message = "delete-tag ghost\n\ntag_commit: " + "1" * 40 + "\ncreated: 99999999999999999999\n"
     tree = git(srv.data, "rev-parse", head + "^{tree}").stdout.strip()
+    identity = {"GIT_AUTHOR_NAME": "op", "GIT_AUTHOR_EMAIL": "op@example.org",  # a machine may have none
+                "GIT_COMMITTER_NAME": "op", "GIT_COMMITTER_EMAIL": "op@example.org"}
     commit = subprocess.run(["git", "--git-dir", str(srv.data), "commit-tree", tree, "-p", head, "-m", message],
-                            check=True, capture_output=True, text=True).stdout.strip()
+                            check=True, capture_output=True, text=True, env={**os.environ, **identity}).stdout.strip()
     clone = tmp_path / "c.git"
     git(tmp_path, "clone", "-q", "--mirror", str(srv.data), str(clone))
     git(clone, "fetch", "-q", str(srv.data), commit)
