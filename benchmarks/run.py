@@ -179,7 +179,9 @@ def render_markdown(report: dict) -> str:
              f"in {report['seconds']:.0f} s.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
              f"Python {m['python']}, {m['git']}, {m['curl'].split(' (')[0]}"
-             + (f", {m['wrk'].split(' [')[0]}" if m.get("wrk") else "") + f"; load generator: {report['load']}.",
+             + (f", {m['wrk'].split(' [')[0]}" if m.get("wrk") else "") + f"; load generator: {report['load']}"
+             + (". Load average (1 min) at the start and the end: {:.1f}, {:.1f} (other work on the machine)."
+                .format(*m["loadavg_start_end"]) if m.get("loadavg_start_end") else "."),
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in report["rows"]:
         lines.append("| " + " | ".join(md(c) for c in cells(r)) + " |")
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="wogit-bench-", dir=args.workdir))
     ctx = make_context(args, workdir)
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows, failures, timings = [], {}, {}
     try:
         for name in args.only:
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.cleanup()
     report = {
         "command": command_line(argv), "quick": args.quick, "runs": ctx.runs, "size_mib": ctx.size // MiB,
-        "load": ctx.load, "machine": machine(), "seconds": round(time.perf_counter() - started, 1),
+        "load": ctx.load, "machine": {**machine(), "loadavg_start_end": [load_before, os.getloadavg()[0]]}, "seconds": round(time.perf_counter() - started, 1),
         "section_seconds": timings, "failures": failures, "rows": rows,
     }
     print()
