@@ -305,6 +305,27 @@ def download(ctx: Context, url: str, name: str) -> tuple[Transfer, Path]:
     return curl(ctx, "-o", str(path), url), path
 
 
+def against_sendfile(ctx: Context, server: Process, url: str, expected: str, sendfile: Process, digest: str,
+                     kind: str, phase: str, size: int) -> tuple[list[float], list[float]]:
+    """``ctx.runs`` pairs, in MiB/s of ``size``: ``url`` from wogit (the sha256 of what it sends must be
+    ``expected``; its peak RSS growth recorded as ``phase``), then the raw map from ``sendfile``
+    (``digest``)."""
+    wogit, raw = [], []
+    for _ in range(ctx.runs):
+        with peak_growth(ctx, server, kind, phase, size):
+            t, got = download(ctx, url, f"{kind}-{phase.replace(' ', '-')}")
+        check(t.status == 200, f"GET {url} answered {t.status}")
+        check(sha256_file(got) == expected, f"GET {url}: not the bytes expected ({expected})")
+        got.unlink()
+        wogit.append(mib_s(size, t.seconds))
+
+        t, got = download(ctx, sendfile.url + "/map", f"{kind}-sendfile")
+        check(t.status == 200 and sha256_file(got) == digest, "the sendfile server sent other bytes")
+        got.unlink()
+        raw.append(mib_s(size, t.seconds))
+    return wogit, raw
+
+
 def timed(argv: list[str], stdout=None) -> float:
     """Wall seconds of a command (start-up included); fails on a non-zero exit."""
     start = time.perf_counter()

@@ -6,7 +6,7 @@ A compressible map is stored compressed, so its GET also inflates.
 
 from __future__ import annotations
 
-from benchlib import MiB, check, download, mib_s, paired_ratio, peak_growth, row, sha256_file, upload
+from benchlib import MiB, against_sendfile, check, paired_ratio, row, upload
 
 SECTION = "blob"
 
@@ -22,19 +22,8 @@ def run(ctx) -> list[dict]:
         check(t.status == 201 and t.headers.get("wo-map-digest") == digest, f"{kind} upload: {t}")
         sendfile = ctx.baseline("sendfile", "--file", str(path), name=f"blob-sendfile-{kind}")
         ctx.log(f"blob {kind} {size // MiB} MiB x {ctx.runs}: GET /blobs/<digest> vs sendfile")
-        got_runs, raw = [], []
-        for _ in range(ctx.runs):
-            with peak_growth(ctx, server, kind, "blob", size):
-                t, got = download(ctx, f"{server.url}/blobs/{digest}", f"{kind}-blob.bin")
-            check(t.status == 200, f"GET /blobs/{digest} answered {t.status}")
-            check(sha256_file(got) == digest, f"GET /blobs/{digest}: other bytes")
-            got.unlink()
-            got_runs.append(mib_s(size, t.seconds))
-
-            t, got = download(ctx, sendfile.url + "/map", f"{kind}-sendfile.bin")
-            check(t.status == 200 and sha256_file(got) == digest, "the sendfile server sent other bytes")
-            got.unlink()
-            raw.append(mib_s(size, t.seconds))
+        got_runs, raw = against_sendfile(ctx, server, f"{server.url}/blobs/{digest}", digest, sendfile, digest,
+                                         kind, "blob", size)
         sendfile.stop()
         ratio = paired_ratio(got_runs, raw)
         rows.append(row(SECTION, f"{kind} {size // MiB} MiB, GET /blobs/<digest>", "MiB/s", got_runs,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 
-from benchlib import (CONFIG, MiB, check, download, git, json_request, mib_s, paired_ratio, peak_growth,
-                      row, scratch_repo, sha256_file, tar_members, timed, upload)
+from benchlib import (CONFIG, MiB, against_sendfile, check, download, git, json_request, mib_s, paired_ratio,
+                      peak_growth, row, scratch_repo, sha256_file, tar_members, timed, upload)
 
 SECTION = "tarball"
 EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
@@ -86,19 +86,9 @@ def run(ctx) -> list[dict]:
                 check_tarball(out, f"{kind} git archive", git_digest, config_digest, ("config", "map", "metadata"))
             out.unlink()
 
-        repeated, raw = [], []
-        for _ in range(ctx.runs):
-            with peak_growth(ctx, server, kind, "tarball again", size):
-                t, got = download(ctx, f"{server.url}/{tag}", f"{kind}-again.tar.gz")
-            check(t.status == 200, f"GET {tag} (again) answered {t.status}")
-            check(sha256_file(got) == first, f"GET {tag} again: not byte-identical to its first tarball")
-            got.unlink()
-            repeated.append(mib_s(size, t.seconds))
-
-            t, got = download(ctx, sendfile.url + "/map", f"{kind}-sendfile.bin")
-            check(t.status == 200 and sha256_file(got) == digest, "the sendfile server sent other bytes")
-            got.unlink()
-            raw.append(mib_s(size, t.seconds))
+        # Repeated requests of the last tag: byte-identical to its first tarball.
+        repeated, raw = against_sendfile(ctx, server, f"{server.url}/{tag}", first, sendfile, digest, kind,
+                                         "tarball again", size)
         server.stop()
         sendfile.stop()
         shutil.rmtree(repo.parent)
