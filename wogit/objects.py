@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple, Protocol
 
+from isal import isal_zlib
+
 CHUNK = 1 << 20
 _PROBE = 1 << 20  # the first MiB of a blob decides its compression
 _BLOCK = 0xFFFF  # the most a stored deflate block holds
@@ -168,12 +170,16 @@ class _ObjectWriter:
 
 
 def _deflate(data: memoryview, level: int, dictionary: bytes | None, final: bool) -> list[bytes]:
-    """One raw deflate segment of the stream: the last one final, the others byte-aligned."""
+    """One raw deflate segment of the stream: the last one final, the others byte-aligned.
+
+    ISA-L's deflate (the same format, so git reads it) runs some 4x faster than zlib's at
+    level 1 and compresses a little better: zlib's is what limits a compressible upload.
+    """
     if dictionary is None:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+        deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
     else:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=dictionary)
-    return [deflate.compress(data), deflate.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)]
+        deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, zdict=dictionary)
+    return [deflate.compress(data), deflate.flush(isal_zlib.Z_FINISH if final else isal_zlib.Z_SYNC_FLUSH)]
 
 
 def _stored_header(length: int, final: bool) -> bytes:
