@@ -50,6 +50,23 @@ class StrictHeaderReader(cheroot_server.HeaderReader):
             hdict[key] = value
 
 
+class KnownLengthReader(cheroot_server.KnownLengthRFile):
+    """``wsgi.input`` for a body with Content-Length: cheroot's, that also reads into a buffer.
+
+    cheroot's connection file is ``_pyio``'s pure-Python BufferedReader: its ``read`` copies
+    each byte several times, and its ``readinto`` (Python 3.11) fails when its buffer holds
+    more than is left of the target.  ``readinto1`` does one read, straight into the target
+    when that is larger than the buffer.
+    """
+
+    def readinto(self, view: memoryview) -> int:
+        if self.remaining <= 0:
+            return 0
+        n = self.rfile.readinto1(view[:self.remaining])
+        self.remaining -= n
+        return n
+
+
 class ChunkedReader:
     """``wsgi.input`` for a chunked body: yields chunk data as it arrives, never a chunk whole."""
 
@@ -62,20 +79,24 @@ class ChunkedReader:
         """Up to ``size`` bytes (across chunks: clients often send small ones), b"" at the end."""
         if size is None or size < 0:
             size = 1 << 20
-        parts = []
-        while size > 0 and not self.done:
+        buffer = bytearray(size)
+        return bytes(memoryview(buffer)[:self.readinto(memoryview(buffer))])
+
+    def readinto(self, view: memoryview) -> int:
+        """``read`` into a buffer, straight from the connection (see ``KnownLengthReader``); 0 at the end."""
+        got = 0
+        while got < len(view) and not self.done:
             if self.left == 0:
                 self._next_chunk()
                 continue
-            data = self.rfile.read(min(size, self.left))
-            if not data:
+            n = self.rfile.readinto1(view[got:got + min(len(view) - got, self.left)])
+            if not n:
                 raise ValueError("the chunked body ended inside a chunk")
-            parts.append(data)
-            size -= len(data)
-            self.left -= len(data)
+            got += n
+            self.left -= n
             if self.left == 0 and self.rfile.read(2) != b"\r\n":
                 raise ValueError("a chunk is longer than its size or lacks its CRLF")
-        return b"".join(parts)
+        return got
 
     def _next_chunk(self) -> None:
         line = self.rfile.readline(MAX_LINE)

@@ -97,12 +97,19 @@ class _Counted:
     def __init__(self, stream):
         self.stream = stream
         self.count = 0
+        if hasattr(stream, "readinto"):  # only then: a reader asks for it, else reads
+            self.readinto = self._readinto
 
     def read(self, *args) -> bytes:
         return self._counted(self.stream.read(*args))
 
     def readline(self, *args) -> bytes:
         return self._counted(self.stream.readline(*args))
+
+    def _readinto(self, view) -> int:
+        n = self.stream.readinto(view)
+        self.count += n
+        return n
 
     def readlines(self, *args) -> list[bytes]:
         return [self._counted(line) for line in self.stream.readlines(*args)]

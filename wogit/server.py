@@ -22,7 +22,7 @@ from wogit.access import Policy
 from wogit.api import create_app
 from wogit.api.gate import Gate
 from wogit.auth import Throttle, Users
-from wogit.framing import ChunkedReader, StrictHeaderReader
+from wogit.framing import ChunkedReader, KnownLengthReader, StrictHeaderReader
 from wogit.metrics import Metrics
 from wogit.observe import configure_logging, observed, request_id
 from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
@@ -84,9 +84,12 @@ class _Request(cheroot_server.HTTPRequest):
                 raise
 
     def respond(self) -> None:
-        if not self.chunked_read:
-            return super().respond()
-        self.rfile = ChunkedReader(self.conn.rfile)  # cheroot's ChunkedRFile holds a chunk whole
+        # cheroot's ChunkedRFile holds a chunk whole; both readers here read into buffers.
+        # (cheroot's check of max_request_body_size is not needed: wogit never sets it.)
+        if self.chunked_read:
+            self.rfile = ChunkedReader(self.conn.rfile)
+        else:
+            self.rfile = KnownLengthReader(self.conn.rfile, int(self.inheaders.get(b"Content-Length", 0)))
         self.server.gateway(self).respond()
         self.ready and self.ensure_headers_sent()
         if self.chunked_write:

@@ -147,10 +147,10 @@ class Store:
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
         # The operator's validator reads a file: with one, the body is spooled to a named file first.
         validated = serverhooks.has_validator(self.path, kind)
-        spooled = spool_path = None
+        spooled = spool_path = spooled_digest = None
         try:
             if length is None or validated:
-                spooled, length, spool_path = objects.spool(self.objects_dir, reader, named=validated)
+                spooled, length, spooled_digest, spool_path = objects.spool(self.objects_dir, reader, named=validated)
                 reader = spooled
             if length == 0:
                 raise errors.BODY_EMPTY(f"the {kind} is empty")
@@ -166,7 +166,8 @@ class Store:
                                          WO_DIGEST=digest, WO_USER=actor)
 
             try:
-                oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync)
+                oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync,
+                                                    sha256=spooled_digest)
             except EOFError as exc:
                 raise errors.BODY_INCOMPLETE(f"the {kind} body ended early: {exc}") from None
         finally:

@@ -47,19 +47,46 @@ class Body:
         try:
             data = self.stream.read(size)
         except Exception as exc:  # a broken chunk, a reset, a timeout: the body is not whole
-            raise errors.BODY_INCOMPLETE(f"the {self.what} could not be read to its end: {exc}") from None
-        if not data:
+            raise self._broken(exc) from None
+        self._count(len(data))
+        return data
+
+    def readinto(self, view: memoryview) -> int:
+        """``read`` into a buffer: the bytes come straight from the stream when it can."""
+        if self.length is not None:
+            view = view[:max(0, self.length - self.received)]
+            if not view:
+                self.environ[BODY_DONE] = True
+                return 0
+        readinto = getattr(self.stream, "readinto", None)
+        try:
+            if readinto is not None:
+                n = readinto(view)
+            else:
+                data = self.stream.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except Exception as exc:
+            raise self._broken(exc) from None
+        self._count(n)
+        return n
+
+    def _broken(self, exc: Exception) -> Exception:
+        return errors.BODY_INCOMPLETE(f"the {self.what} could not be read to its end: {exc}")
+
+    def _count(self, n: int) -> None:
+        """Account for ``n`` bytes just read (0: the stream ended)."""
+        if not n:
             if self.length is not None:
                 raise errors.BODY_INCOMPLETE(
                     f"the {self.what} ended after {self.received} of {self.length} bytes")
             self.environ[BODY_DONE] = True
             if not self.received and not self.empty_ok:
                 raise errors.BODY_EMPTY(f"the {self.what} is empty")
-            return b""
-        self.received += len(data)
+            return
+        self.received += n
         if self.received > self.limit:
             raise errors.TOO_LARGE(f"the {self.what} is larger than this registry accepts ({self.limit} bytes)")
-        return data
 
     def read_all(self) -> bytes:
         """The whole body; only for bodies whose limit is small."""
