@@ -12,7 +12,6 @@ import base64
 import io
 import os
 import stat
-import statistics
 import sys
 import threading
 import time
@@ -112,18 +111,6 @@ def test_an_unknown_user_costs_one_bcrypt_check_like_a_known_one(tmp_path):
     assert not users.check("nobody", "guess")
     assert not users.check("alice", "guess")
     assert users.verifications == before + 2
-
-    def median_seconds(name: str) -> float:
-        times = []
-        for attempt in range(5):
-            start = time.perf_counter()
-            assert not users.check(name, f"wrong{attempt}")
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    known, unknown = median_seconds("alice"), median_seconds("nobody")
-    # Cost 10 takes tens of milliseconds; without the dummy check an unknown user takes microseconds.
-    assert known / 3 < unknown < known * 3, (known, unknown)
 
 
 def test_verified_credentials_are_cached_and_failures_are_not(tmp_path):
