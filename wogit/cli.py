@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-access", choices=["open", "read"],
                        help="who may GET /healthz and /readyz: open (anyone) or read (read on every repository) "
                             f"(WOGIT_HEALTH_ACCESS; default {defaults.health_access})")
+    serve.add_argument("--download-cache-size", type=_size, metavar="SIZE",
+                       help="disk kept for tarballs and inflated maps that repeated downloads send as they are, "
+                            "least recently used evicted first; 0 for none (WOGIT_DOWNLOAD_CACHE_SIZE; default 10G)")
     init = commands.add_parser("init", help="create a registry repository, or install its git hooks in an "
                                             "existing one (idempotent)")
     init.add_argument("--data", help=f"the bare git repository (WOGIT_DATA; default {defaults.data})")
@@ -111,7 +114,7 @@ def _serve(args) -> int:
     flags = {name: getattr(args, name) for name in (
         "data", "host", "port", "max_map_size", "max_config_size", "threads", "auth_file", "tls_cert", "tls_key",
         "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify",
-        "log_format", "metrics_access", "health_access")}
+        "log_format", "metrics_access", "health_access", "download_cache_size")}
     flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}
     flags = {name: os.path.abspath(value) if name in ("auth_file", "tls_cert", "tls_key") and value else value
              for name, value in flags.items()}

@@ -21,6 +21,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -462,3 +463,107 @@ def _pipe(proc: subprocess.Popen, size: int) -> Iterator[bytes]:
         proc.kill()
         proc.stdout.close()
         proc.wait()
+
+
+# -- loose blobs of stored blocks: their bytes lie in the file as they are ------
+
+class NotStored(Exception):
+    """A loose object whose zlib stream is not stored blocks only, exactly as read here."""
+
+
+class StoredBlob:
+    """A loose blob whose zlib stream is nothing but stored (level 0) deflate blocks.
+
+    Such a file is ``78 01`` (the zlib header), then blocks of a 5-byte header (final
+    flag, ``LEN``, ``NLEN``) and ``LEN`` bytes of the object as they are, then the adler32.
+    ``open_stored`` walks every block header before anything is served: each must be a
+    stored block (``NLEN`` the complement of ``LEN``), the last one final and followed by
+    exactly the 4 bytes of the adler32, the object a blob whose header's size is what the
+    blocks hold.  The adler32 itself is not recomputed (it would read every byte, which is
+    what serving the spans avoids); ``wogit fsck`` re-hashes every map.
+    """
+
+    def __init__(self, fd: int, size: int, header: int):
+        self.fd = fd
+        self.size = size
+        self.header = header  # bytes of "blob <size>\\0" before the blob's own
+
+    def spans(self, first: int, length: int) -> Iterator[tuple[int, int]]:
+        """(file offset, length) of the blob's bytes ``first`` to ``first + length``, in order;
+        the blocks before them are skipped by their headers alone."""
+        start, end = self.header + first, self.header + first + length
+        at = 0  # offset in the object (header included) of the block's first byte
+        for offset, size, _ in _stored_blocks(self.fd):
+            lo, hi = max(start, at), min(end, at + size)
+            if lo < hi:
+                yield offset + lo - at, hi - lo
+            at += size
+            if at >= end:
+                return
+
+
+def open_stored(git_dir: str, oid: str) -> StoredBlob | None:
+    """The loose blob ``oid`` if it is made of stored blocks only (its structure checked whole,
+    see StoredBlob), open; None if it is packed, compressed, or not such a blob."""
+    try:
+        fd = os.open(os.path.join(git_dir, "objects", oid[:2], oid[2:]), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        info = os.fstat(fd)
+        known = (oid, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)  # objects never change
+        checked = _CHECKED.get(known)
+        if checked is None:
+            checked = _check_stored(fd)
+            with _CHECKED_LOCK:
+                _CHECKED[known] = checked
+                while len(_CHECKED) > 4096:
+                    del _CHECKED[next(iter(_CHECKED))]
+        return StoredBlob(fd, *checked)
+    except NotStored:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+#: (oid, device, inode, size, mtime) -> (size, header) of loose objects found to be stored blocks
+_CHECKED: dict[tuple, tuple[int, int]] = {}
+_CHECKED_LOCK = threading.Lock()
+
+
+def _check_stored(fd: int) -> tuple[int, int]:
+    head = b""  # the object's first bytes, enough to hold "blob <size>\0"
+    total = 0
+    for offset, size, final in _stored_blocks(fd):
+        if len(head) < 32 and b"\0" not in head:
+            head += os.pread(fd, min(size, 32 - len(head)), offset)
+        total += size
+        if final and os.fstat(fd).st_size != offset + size + 4:
+            raise NotStored("bytes after the final block other than the adler32")
+    header, nul, _ = head.partition(b"\0")
+    kind, _, size = header.partition(b" ")
+    if not nul or kind != b"blob" or not size.isdigit() or size != b"%d" % int(size):
+        raise NotStored("not a blob's header")
+    if total != len(header) + 1 + int(size):
+        raise NotStored(f"the blocks hold {total} bytes, the header says {int(size)} and itself")
+    return int(size), len(header) + 1
+
+
+def _stored_blocks(fd: int) -> Iterator[tuple[int, int, bool]]:
+    """(file offset of its data, its length, whether it is the final one) of each block."""
+    if os.pread(fd, 2, 0) not in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda"):
+        raise NotStored("not a zlib header without a dictionary")
+    at = 2
+    while True:
+        head = os.pread(fd, 5, at)
+        if len(head) < 5 or head[0] not in (0, 1):
+            raise NotStored(f"no stored block header at byte {at}")
+        size = int.from_bytes(head[1:3], "little")
+        if size ^ int.from_bytes(head[3:5], "little") != 0xFFFF:
+            raise NotStored(f"LEN and NLEN disagree at byte {at}")
+        yield at + 5, size, head[0] == 1
+        if head[0] == 1:
+            return
+        at += 5 + size

@@ -123,12 +123,15 @@ class _Counted:
 
 
 class _Measured:
-    """The app's answer, counting the bytes the server has sent; reports when closed."""
+    """The app's answer, counting the bytes the server has sent; reports when closed.
+
+    A ``wogit.sendfile.Body`` the server may send without iterating it counts its own bytes."""
 
     def __init__(self, answer, finished):
         self.answer = answer
         self.finished = finished
         self.sent = 0
+        self.file_body = getattr(answer, "file_body", None)
 
     def __iter__(self):
         for chunk in self.answer:
@@ -141,7 +144,7 @@ class _Measured:
             if close is not None:
                 close()
         finally:
-            self.finished(self.sent)
+            self.finished(self.file_body.sent if self.file_body is not None else self.sent)
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,7 +17,7 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from wogit import __version__, serverhooks
+from wogit import __version__, sendfile, serverhooks
 from wogit.access import Policy
 from wogit.api import create_app
 from wogit.api.gate import Gate
@@ -241,6 +241,8 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
     server.ConnectionClass = _Connection
+    server.gateway = sendfile.Gateway  # file bodies go out with sendfile(2)
+    store.cache.bound = settings.download_cache_size
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
             raise SystemExit("wogit: HTTPS needs both --tls-cert and --tls-key")

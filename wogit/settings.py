@@ -41,6 +41,7 @@ class Settings:
     log_format: str = "plain"  # the log's lines: "plain" text or "json" (one object a line)
     metrics_access: str = "read"  # GET /metrics: "read" (read on every repository) or "open" (anyone)
     health_access: str = "open"  # GET /healthz and /readyz: "open" (anyone) or "read"
+    download_cache_size: int = 10 * GiB  # tarballs and inflated maps kept for sendfile (wogit.cache); 0: none
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, file: dict | None = None, **overrides) -> Settings:

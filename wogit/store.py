@@ -31,7 +31,8 @@ from typing import TypeVar
 
 import pygit2
 
-from wogit import errors, githttp, metadata, names, objects, rules, serverhooks, tarball
+from wogit import cache, errors, githttp, metadata, names, objects, rules, serverhooks, tarball
+from wogit.sendfile import Body, Span
 
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
@@ -77,7 +78,7 @@ class Blob:
     digest: str
     oid: str
     size: int
-    chunks: Callable[[int, int], Iterator[bytes]]  # (first, length) -> the bytes
+    body: Callable[[int, int], Body]  # (first, length) -> the bytes
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Change:
 class Archive:
     tag: Tag
     etag: str
-    chunks: Callable[[], Iterator[bytes]]
+    open: Callable[[], Body]  # the tarball's bytes; closing the body unread costs nothing more
 
 
 class _Contended(Exception):
@@ -110,8 +111,9 @@ class _Contended(Exception):
 
 class Store:
     def __init__(self, path: str, fsync: bool = True, retry_seconds: float = 30.0,
-                 hook_timeout: float = serverhooks.DEFAULT_TIMEOUT):
+                 hook_timeout: float = serverhooks.DEFAULT_TIMEOUT, cache_size: int = cache.DEFAULT_BOUND):
         self.path = os.path.abspath(path)
+        self.cache = cache.Cache(os.path.join(self.path, cache.DIRECTORY), cache_size)  # of downloads
         self.fsync = fsync
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
@@ -399,11 +401,25 @@ class Store:
         oid = self._require_blob(kind, digest, "digest")
         _, size = self.repo.odb.read_header(oid)
 
-        def chunks(first: int, length: int) -> Iterator[bytes]:
+        def body(first: int, length: int) -> Body:
+            # A loose object of stored blocks holds the bytes as they are: spans of its file.
+            stored = objects.open_stored(self.path, oid)
+            if stored is not None:
+                spans = (Span(stored.fd, offset, n) for offset, n in stored.spans(first, length))
+                return Body(spans, length, fds=[stored.fd])
+            # Otherwise git inflates them: once, into the cache, which later downloads send.
+            key = names.digest_hex(digest)
+            cached = self.cache.lookup("blobs", key)
+            if cached is not None and cached[1] == size:
+                return Body([Span(cached[0], first, length)], length, fds=[cached[0]])
+            if cached is not None:
+                os.close(cached[0])
             _, stream = objects.read_blob(self.path, oid)
-            return objects.window(stream, first, length)
+            if (first, length) == (0, size):
+                return Body(_teed(stream, lambda: self.cache.writer("blobs", key, size)), length)
+            return Body(objects.window(stream, first, length), length)
 
-        return Blob(kind, digest, oid, size, chunks)
+        return Blob(kind, digest, oid, size, body)
 
     # -- metadata ------------------------------------------------------------
 
@@ -557,23 +573,31 @@ class Store:
     # -- archives ------------------------------------------------------------
 
     def archive(self, repository: str, map: str, tag: str) -> Archive:
-        """A tag as a reproducible tar.gz of ``map``, ``metadata`` and ``config``."""
+        """A tag as a reproducible tar.gz of ``map``, ``metadata`` and ``config``; made once per
+        tag, metadata and tarball format, then kept in the cache."""
         found = self.get_tag(repository, map, tag)
         meta = self.get_metadata(repository, map)
-        etag = '"' + hashlib.sha256(f"{found.commit} {meta.version}".encode()).hexdigest() + '"'
-        meta_bytes = metadata.serialise(meta.items)
-        config = self.repo[found.config_oid].data  # configs are bounded in size
-        _, map_size = self.repo.odb.read_header(found.map_oid)
+        key = hashlib.sha256(f"{found.commit} {meta.version} {tarball.FORMAT}".encode()).hexdigest()
 
-        def chunks() -> Iterator[bytes]:
-            _, stream = objects.read_blob(self.path, found.map_oid)
-            sample, stream = _peek(stream, objects.CHUNK)
+        def body() -> Body:
+            cached = self.cache.lookup("tarballs", key)
+            if cached is not None:
+                return Body([Span(cached[0], 0, cached[1])], cached[1], fds=[cached[0]])
+            meta_bytes = metadata.serialise(meta.items)
+            config = self.repo[found.config_oid].data  # configs are bounded in size
+            map_size, source = objects.read_blob(self.path, found.map_oid)
+            sample, stream = _peek(source, objects.CHUNK)
             members = [tarball.Member("map", map_size, stream),
                        tarball.Member("metadata", len(meta_bytes), [meta_bytes]),
                        tarball.Member("config", len(config), [config])]
-            yield from tarball.tar_gz(members, found.created, sample)
+            level = objects.compression_level(sample)
+            length = tarball.length(members, found.created, level)
+            estimate = length or tarball.tar_length(members, found.created)
+            chunks = _teed(tarball.tar_gz(members, found.created, level),
+                           lambda: self.cache.writer("tarballs", key, estimate))
+            return Body(chunks, length, on_close=getattr(source, "close", None))
 
-        return Archive(found, etag, chunks)
+        return Archive(found, f'"{key}"', body)
 
     # -- git over HTTP ---------------------------------------------------------
 
@@ -821,6 +845,39 @@ def _records(stream, separator: bytes) -> Iterator[bytes]:
         yield from done
     if pending:
         yield pending
+
+
+def _teed(chunks: Iterator[bytes], writer: Callable[[], cache.Writer | None]) -> Iterator[bytes]:
+    """``chunks``, also written to the cache ``writer()`` (asked for at the first chunk), which
+    keeps them only if they all went out."""
+    into = None
+    whole = False
+    try:
+        for chunk in chunks:
+            if into is None:
+                into = writer() or _NOWHERE
+            into.write(chunk)
+            yield chunk
+        whole = True
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        if into is not None:
+            into.finish() if whole else into.abandon()
+
+
+class _Nowhere:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    abandon = finish
+
+
+_NOWHERE = _Nowhere()
 
 
 def _peek(stream: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:

@@ -3,9 +3,13 @@
 The same members, sizes, bytes and mtime always give the same archive bytes:
 members in the given order, mode 0644, owner 0:0 with empty owner names, the
 given mtime, POSIX (pax) headers only where a size needs them, and a gzip header
-with no name, mtime 0 and OS "unknown".  Compression is deflate level 1, or level
-0 (stored) when the first member's first MiB barely compresses: maps that are
-already compressed are not squeezed again.
+with no name, mtime 0 and OS "unknown".  Compression is deflate level 1, or, when
+the first member's first MiB barely compresses (maps that are already compressed
+are not squeezed again), stored: the tar stream cut into deflate stored blocks of
+exactly 65535 bytes (the last one shorter and final), written here and not by zlib,
+so their bytes and the archive's length (``length``) are known before it is made.
+``FORMAT`` names this definition: change it whenever the bytes for the same input
+change.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from wogit.objects import compression_level
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 PIECE = 1 << 20  # what zlib is fed at a time
+STORED = 0xFFFF  # bytes of the tar stream in each stored block (the last one: the rest)
+FORMAT = 2  # 2: stored blocks of 65535 bytes written here (1: zlib level 0)
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
@@ -39,6 +44,12 @@ def header(name: str, size: int, mtime: int) -> bytes:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def tar_length(members: Iterable[Member], mtime: int) -> int:
+    """The length of the uncompressed tar stream."""
+    total = sum(len(header(m.name, m.size, mtime)) + m.size + -m.size % BLOCK for m in members)
+    return total + 2 * BLOCK + -(total + 2 * BLOCK) % RECORD
 
 
 def tar(members: Iterable[Member], mtime: int) -> Iterator[bytes]:
@@ -61,6 +72,37 @@ def tar(members: Iterable[Member], mtime: int) -> Iterator[bytes]:
     end = 2 * BLOCK
     end += -(total + end) % RECORD
     yield b"\0" * end
+
+
+def gzip_stored(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` (at least one byte) as a gzip member of stored blocks of exactly STORED bytes."""
+    yield _GZIP_HEADER
+    crc = 0
+    size = 0
+    pieces = rechunk(chunks, 16 * STORED)
+    piece = next(pieces)
+    while piece is not None:
+        following = next(pieces, None)
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        view = memoryview(piece)
+        out = []
+        for at in range(0, len(piece), STORED):
+            block = view[at:at + STORED]
+            final = following is None and at + STORED >= len(piece)
+            out += [_stored_header(len(block), final), block]
+        yield b"".join(out)
+        piece = following
+    yield crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _stored_header(size: int, final: bool) -> bytes:
+    return bytes([final]) + size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little")
+
+
+def gzip_stored_length(size: int) -> int:
+    """The length of ``gzip_stored`` of ``size`` bytes."""
+    return len(_GZIP_HEADER) + size + 5 * -(-size // STORED) + 8
 
 
 def gzip(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
@@ -98,6 +140,12 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(pending)
 
 
-def tar_gz(members: list[Member], mtime: int, sample: bytes) -> Iterator[bytes]:
-    """The gzipped tar; ``sample`` (the first MiB of the map) chooses the level."""
-    return gzip(tar(members, mtime), compression_level(sample))
+def tar_gz(members: list[Member], mtime: int, level: int) -> Iterator[bytes]:
+    """The gzipped tar: stored blocks for level 0 (``compression_level`` of the map's first
+    MiB), deflate level 1 otherwise."""
+    return gzip_stored(tar(members, mtime)) if level == 0 else gzip(tar(members, mtime), 1)
+
+
+def length(members: list[Member], mtime: int, level: int) -> int | None:
+    """The length of ``tar_gz``, if it is known before compressing (level 0, stored blocks)."""
+    return gzip_stored_length(tar_length(members, mtime)) if level == 0 else None

@@ -54,7 +54,7 @@ def install(app, store, settings) -> None:
         if (first, last) != (0, blob.size - 1):
             status = 206
             headers["Content-Range"] = f"bytes {first}-{last}/{blob.size}"
-        body = [] if bottle.request.method == "HEAD" else blob.chunks(first, last - first + 1)
+        body = [] if bottle.request.method == "HEAD" else blob.body(first, last - first + 1)
         return bottle.HTTPResponse(body, status, headers)
 
     def using(kind: str, digest: str):

@@ -55,9 +55,14 @@ def install(app, store, settings) -> None:
             "Wo-Map-Digest": archive.tag.map_digest,
             "Wo-Config-Digest": archive.tag.config_digest,
         })
-        # HEAD: Bottle drops the body; a non-empty placeholder keeps it from adding
-        # "Content-Length: 0" (the real length is only known by compressing).
-        body = iter([b" "]) if bottle.request.method == "HEAD" else archive.chunks()
+        body = archive.open()
+        if body.length is not None:  # cached, or stored blocks: known before compressing
+            headers["Content-Length"] = str(body.length)
+        if bottle.request.method == "HEAD":
+            body.close()
+            # Bottle drops a HEAD's body; without a length, a non-empty placeholder keeps it
+            # from adding "Content-Length: 0" (the real length is only known by compressing).
+            return bottle.HTTPResponse([] if body.length is not None else iter([b" "]), 200, headers)
         return bottle.HTTPResponse(body, 200, headers)
 
 
