@@ -502,6 +502,24 @@ class StoredBlob:
                 return
 
 
+    def chunks(self) -> Iterator[memoryview]:
+        """The blob's bytes in pieces of CHUNK (the last one: the rest), read into one buffer:
+        each piece is valid until the next one is asked for."""
+        buffer = memoryview(bytearray(min(CHUNK, self.size) or 1))
+        fill = 0
+        for offset, n in self.spans(0, self.size):
+            while n:
+                got = os.preadv(self.fd, [buffer[fill:fill + min(n, len(buffer) - fill)]], offset)
+                if not got:
+                    raise EOFError(f"a loose object ended {n} bytes before its block")
+                fill, offset, n = fill + got, offset + got, n - got
+                if fill == len(buffer):
+                    yield buffer
+                    fill = 0
+        if fill:
+            yield buffer[:fill]
+
+
 def open_stored(git_dir: str, oid: str) -> StoredBlob | None:
     """The loose blob ``oid`` if it is made of stored blocks only (its structure checked whole,
     see StoredBlob), open; None if it is packed, compressed, or not such a blob."""

@@ -586,7 +586,8 @@ def tags() -> dict:
                   body={"required": True, "content": json_content(ref("schemas", "TagBody"))}, tags=["tags"]),
         "get": op("getTag", "The release as a tarball",
                   "A reproducible gzipped tar of `map`, `metadata` (the map's metadata now) and `config`. The "
-                  "ETag changes when the metadata changes. HEAD answers no Content-Length.",
+                  "ETag changes when the metadata changes. Content-Length is sent (and answered to HEAD) when the "
+                  "length is known before sending: stored blocks, or a tarball already made and cached.",
                   {"200": ok("The tarball", headers={
                       "ETag": header("ETag"), "Last-Modified": header("Last-Modified"),
                       "Content-Disposition": header("Content-Disposition"),

@@ -3,19 +3,20 @@
 A ``Body`` lists its bytes as parts: a ``Span`` (offset and length in an open file) or a
 literal ``bytes`` piece.  Any WSGI server can send one, since it is also an iterable of
 chunks and a file-like object (``read``).  On cheroot, ``Gateway`` (the server's gateway,
-see ``wogit.server``) sends a Body of known length on a plain TCP socket itself: the headers
-through cheroot, then each span with ``os.sendfile`` straight from the page cache, never
-through Python.  On TLS sockets (the kernel cannot encrypt) the same bytes go through
-cheroot's ``write``.  The body counts the bytes that went out (``sent``), so the access log
-and the metrics see them, however they were sent.
+see ``wogit.server``) sends a Body itself once cheroot has sent the headers: on a plain TCP
+socket each span with ``os.sendfile``, straight from the page cache and never through
+Python; on a TLS socket (the kernel cannot encrypt) read and sent a MiB at a time.  Either
+way the bytes skip cheroot's writer, which copies its buffer again for each partial send.
+The body counts the bytes that went out (``sent``), so the access log and the metrics see
+them, however they were sent.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import socket
 import ssl
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
@@ -33,8 +34,10 @@ class Span(NamedTuple):
 
 
 class Body:
-    """An answer's bytes: ``parts`` (Spans and bytes, consumed once) of ``length`` bytes in all
-    (None: unknown until the parts end).  ``close()`` closes ``fds`` and calls ``on_close``."""
+    """An answer's bytes: ``parts`` (Spans and bytes-like pieces, consumed once) of ``length``
+    bytes in all (None: unknown until the parts end).  A part is used up before the next one
+    is asked for, so a producer may hand out one buffer again and again.  ``close()`` closes
+    ``fds`` and calls ``on_close``."""
 
     def __init__(self, parts: Iterable[Span | bytes], length: int | None,
                  fds: Iterable[int] = (), on_close: Callable[[], None] | None = None):
@@ -87,37 +90,50 @@ class Body:
             return data
         if len(part) > size:
             self._pending = part[size:]
-            return part[:size]
-        return part
+            part = part[:size]
+        return bytes(part)  # a part may be a buffer its producer reuses
 
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(CHUNK):
             yield data
             self.sent += len(data)  # resumed only once the server has written it
 
-    def sendfile(self, sock: socket.socket) -> None:
-        """Send every part on ``sock`` (a plain TCP socket, with or without a timeout)."""
+    def send(self, sock: socket.socket, chunked: bool = False) -> None:
+        """Send every part on ``sock``, as HTTP/1.1 chunks if ``chunked``: spans with sendfile on a
+        plain TCP socket, read and sent on a TLS one (the kernel cannot encrypt).  A plain socket
+        blocks meanwhile, its timeout the kernel's send timeout: the kernel then sends as fast as
+        the client reads, without a wake-up of Python for every socket buffer."""
+        tls = isinstance(sock, ssl.SSLSocket)
         timeout = sock.gettimeout()
-        while (part := self._next()) is not None:
-            if isinstance(part, Span):
-                self._send_span(sock, part, timeout)
-            else:
-                sock.sendall(part)
-                self.sent += len(part)
+        if not tls:
+            _send_timeout(sock, timeout)
+        try:
+            while (part := self._next()) is not None:
+                size = part.length if isinstance(part, Span) else len(part)
+                if chunked:
+                    sock.sendall(b"%x\r\n" % size)
+                if not isinstance(part, Span):
+                    sock.sendall(part)
+                    self.sent += size
+                elif tls:
+                    for at in range(part.offset, part.offset + size, CHUNK):
+                        sock.sendall(_pread_exactly(part.fd, min(CHUNK, part.offset + size - at), at))
+                        self.sent += min(CHUNK, part.offset + size - at)
+                else:
+                    self._sendfile(sock, part)
+                if chunked:
+                    sock.sendall(b"\r\n")
+        except BlockingIOError:  # the kernel's send timeout
+            raise TimeoutError("timed out sending an answer") from None
+        finally:
+            if not tls:
+                _send_timeout(sock, None)
+                sock.settimeout(timeout)
 
-    def _send_span(self, sock: socket.socket, span: Span, timeout: float | None) -> None:
+    def _sendfile(self, sock: socket.socket, span: Span) -> None:
         offset, left = span.offset, span.length
-        poller = None
         while left:
-            try:
-                n = os.sendfile(sock.fileno(), span.fd, offset, min(left, _SENDFILE_MAX))
-            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(sock.fileno(), select.POLLOUT)
-                if not poller.poll(None if timeout is None else timeout * 1000):
-                    raise TimeoutError("timed out sending a file") from None
-                continue
+            n = os.sendfile(sock.fileno(), span.fd, offset, min(left, _SENDFILE_MAX))
             if n == 0:
                 raise EOFError(f"a file ended {left} bytes before the span it should hold")
             offset += n
@@ -137,6 +153,15 @@ class Body:
                 os.close(fd)
             if self._on_close is not None:
                 self._on_close()
+
+
+def _send_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Make ``sock`` blocking, with ``seconds`` as the kernel's send timeout (None: none)."""
+    sock.setblocking(True)
+    seconds = seconds or 0.0
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
 
 
 def _pread_exactly(fd: int, n: int, offset: int) -> bytes:
@@ -182,10 +207,10 @@ class Gateway(wsgi.Gateway_10):
         response = self.req.server.wsgi_app(self.env, self.start_response)
         try:
             body = getattr(response, "file_body", None)
-            if body is not None and self._may_sendfile(body):
-                self.req.ensure_headers_sent()
+            if body is not None and self._may_send(body):
+                self.req.ensure_headers_sent()  # cheroot decides on chunks, keep-alive
                 self.req.conn.wfile.flush()
-                body.sendfile(self.req.conn.socket)
+                body.send(self.req.conn.socket, self.req.chunked_write)
             else:
                 for chunk in filter(None, response):
                     if not isinstance(chunk, bytes):
@@ -197,8 +222,8 @@ class Gateway(wsgi.Gateway_10):
             if close is not None:
                 close()
 
-    def _may_sendfile(self, body: Body) -> bool:
-        sock = self.req.conn.socket
-        return (body.length is not None and self.remaining_bytes_out == body.length
-                and self.req.method != b"HEAD" and isinstance(sock, socket.socket)
-                and not isinstance(sock, ssl.SSLSocket))
+    def _may_send(self, body: Body) -> bool:
+        """Whether the body may go to the socket itself: its length is the Content-Length (or
+        neither is known), and there is a body (not a HEAD)."""
+        return (self.remaining_bytes_out == body.length and self.req.method != b"HEAD"
+                and isinstance(self.req.conn.socket, socket.socket))

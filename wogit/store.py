@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import hmac
+import itertools
 import random
 import re
 import secrets
@@ -585,17 +586,24 @@ class Store:
                 return Body([Span(cached[0], 0, cached[1])], cached[1], fds=[cached[0]])
             meta_bytes = metadata.serialise(meta.items)
             config = self.repo[found.config_oid].data  # configs are bounded in size
-            map_size, source = objects.read_blob(self.path, found.map_oid)
-            sample, stream = _peek(source, objects.CHUNK)
+            stored = objects.open_stored(self.path, found.map_oid)
+            if stored is not None:  # read as it is, into one buffer: no inflating, no copies
+                map_size, source, close = stored.size, stored.chunks(), lambda: os.close(stored.fd)
+                first = next(source, b"")  # the first MiB, valid until the next is read
+                level, stream = objects.compression_level(first), itertools.chain([first], source)
+            else:
+                map_size, source = objects.read_blob(self.path, found.map_oid)
+                close = source.close
+                sample, stream = _peek(source, objects.CHUNK)
+                level = objects.compression_level(sample)
             members = [tarball.Member("map", map_size, stream),
                        tarball.Member("metadata", len(meta_bytes), [meta_bytes]),
                        tarball.Member("config", len(config), [config])]
-            level = objects.compression_level(sample)
             length = tarball.length(members, found.created, level)
             estimate = length or tarball.tar_length(members, found.created)
             chunks = _teed(tarball.tar_gz(members, found.created, level),
                            lambda: self.cache.writer("tarballs", key, estimate))
-            return Body(chunks, length, on_close=getattr(source, "close", None))
+            return Body(chunks, length, on_close=close)
 
         return Archive(found, f'"{key}"', body)
 

@@ -74,26 +74,38 @@ def tar(members: Iterable[Member], mtime: int) -> Iterator[bytes]:
     yield b"\0" * end
 
 
-def gzip_stored(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """``chunks`` (at least one byte) as a gzip member of stored blocks of exactly STORED bytes."""
+def gzip_stored(chunks: Iterable[bytes], size: int) -> Iterator[bytes | memoryview]:
+    """The ``size`` bytes of ``chunks`` as a gzip member of stored blocks of exactly STORED bytes
+    (the last one: the rest, and final).  The pieces are framed in one buffer of about a MiB,
+    reused: each piece is valid until the next one is asked for."""
+    if size <= 0:
+        raise ValueError("a stored gzip member needs at least one byte")
     yield _GZIP_HEADER
-    crc = 0
-    size = 0
-    pieces = rechunk(chunks, 16 * STORED)
-    piece = next(pieces)
-    while piece is not None:
-        following = next(pieces, None)
-        crc = zlib.crc32(piece, crc)
-        size += len(piece)
-        view = memoryview(piece)
-        out = []
-        for at in range(0, len(piece), STORED):
-            block = view[at:at + STORED]
-            final = following is None and at + STORED >= len(piece)
-            out += [_stored_header(len(block), final), block]
-        yield b"".join(out)
-        piece = following
-    yield crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+    out = memoryview(bytearray(16 * (STORED + 5)))
+    crc = fill = taken = left = 0  # left: bytes still to come in the current block
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+        data = memoryview(chunk)
+        at = 0
+        while at < len(data):
+            if not left:
+                if len(out) - fill < 6:
+                    yield out[:fill]
+                    fill = 0
+                left = min(STORED, size - taken)
+                if left <= 0:
+                    raise ValueError(f"the tar stream is longer than {size} bytes")
+                out[fill:fill + 5] = _stored_header(left, taken + left == size)
+                fill += 5
+            take = min(len(data) - at, left, len(out) - fill)
+            out[fill:fill + take] = data[at:at + take]
+            fill, at, taken, left = fill + take, at + take, taken + take, left - take
+            if fill == len(out):
+                yield out
+                fill = 0
+    if taken != size:
+        raise ValueError(f"the tar stream is {taken} bytes, not {size}")
+    yield bytes(out[:fill]) + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 def _stored_header(size: int, final: bool) -> bytes:
@@ -140,10 +152,13 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(pending)
 
 
-def tar_gz(members: list[Member], mtime: int, level: int) -> Iterator[bytes]:
+def tar_gz(members: list[Member], mtime: int, level: int) -> Iterator[bytes | memoryview]:
     """The gzipped tar: stored blocks for level 0 (``compression_level`` of the map's first
-    MiB), deflate level 1 otherwise."""
-    return gzip_stored(tar(members, mtime)) if level == 0 else gzip(tar(members, mtime), 1)
+    MiB), deflate level 1 otherwise.  A piece is valid until the next one is asked for, and
+    so may be a member's chunk: those may be buffers their source reuses too."""
+    if level == 0:
+        return gzip_stored(tar(members, mtime), tar_length(members, mtime))
+    return gzip(tar(members, mtime), 1)
 
 
 def length(members: list[Member], mtime: int, level: int) -> int | None:
