@@ -722,12 +722,18 @@ def test_brute_force_limit_above_the_default_is_honoured(fresh_server, tmp_path)
 
 # -- HTTPS ------------------------------------------------------------------------------------------
 
-@needs_openssl
-def test_https_round_trip_with_a_self_signed_certificate(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl in ``directory``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@needs_openssl
+def test_https_round_trip_with_a_self_signed_certificate(tmp_path):
+    cert, key = self_signed(tmp_path)
     users = tmp_path / "users.htpasswd"
     make_users(users, {"alice": "Alice-tls-1"})
     srv = AnyServer(tmp_path / "registry.git", "--auth-file", str(users), "--tls-cert", str(cert),

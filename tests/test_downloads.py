@@ -10,9 +10,10 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tarfile
+import threading
 import time
+import wsgiref.simple_server
 import zlib
 from pathlib import Path
 
@@ -20,8 +21,13 @@ import pytest
 import requests
 
 from conftest import fsck, git, git_blob_id, sha256
-from test_access_control import OPENSSL, AnyServer, needs_openssl
+from test_access_control import AnyServer, needs_openssl, self_signed
 from test_ops import samples, scrape
+
+from wogit import tarball
+from wogit.api import create_app
+from wogit.settings import Settings
+from wogit.store import Store
 
 MiB = 1 << 20
 TAG_ROUTE = "/<repository>/<map>/<tag_id>"
@@ -334,10 +340,7 @@ def test_the_connection_stays_alive_after_sendfile_answers(fresh_server):
 
 @needs_openssl
 def test_downloads_over_tls_are_exact(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed(tmp_path)
     srv = AnyServer(tmp_path / "registry.git", "--tls-cert", str(cert), "--tls-key", str(key)).start()
     try:
         data = os.urandom(2 * MiB + 5)
@@ -376,3 +379,44 @@ def test_metrics_and_the_access_log_count_the_bytes_sendfile_sent(fresh_server):
     for answer in answers:
         line = next(line for line in log.splitlines() if line.endswith(answer.headers["X-Request-Id"]))
         assert line.split()[-3] == str(len(answer.content)), line
+
+
+# -- the pieces themselves ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [1, 65534, 65535, 65536, 2 * 65535, 16 * 65535 + 1])
+def test_stored_blocks_are_65535_bytes_to_the_last_byte(size):
+    data = os.urandom(size)
+    pieces = tarball.gzip_stored([data[:1000], data[1000:]], size)
+    body = b"".join(bytes(piece) for piece in pieces)
+    assert len(body) == tarball.gzip_stored_length(size)
+    blocks, end = stored_blocks(body[10:])
+    assert [n for _, n in blocks] == [65535] * (size // 65535) + ([size % 65535] if size % 65535 else [])
+    assert gzip.decompress(body) == data and 10 + end + 8 == len(body)
+
+
+def test_any_wsgi_server_sends_the_same_bytes(tmp_path):
+    """A Body is also an iterable and a file (``read``): served by wsgiref, without sendfile."""
+    store = Store(str(tmp_path / "registry.git"), fsync=False)
+    app = create_app(Settings(), store)
+    httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}"
+        data = os.urandom(2 * MiB + 9)
+        m = requests.put(url + "/blobs/upload", data=data).json()["digest"]
+        c = requests.put(url + "/configs/upload", data=b"a: 1\n").json()["digest"]
+        assert requests.put(url + "/r/m/v1", json={"map_digest": m, "config_digest": c}).status_code == 201
+        assert requests.get(f"{url}/blobs/{m}").content == data
+        assert requests.get(f"{url}/blobs/{m}", headers={"Range": "bytes=70000-"}).content == data[70000:]
+        archive = requests.get(url + "/r/m/v1")
+        assert members(archive.content)[0] == ("map", data)
+        assert archive.headers["Content-Length"] == str(len(archive.content))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass

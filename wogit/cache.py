@@ -43,7 +43,6 @@ class Cache:
         self.bound = bound
         self._lock = threading.Lock()
         self._writing: set[str] = set()  # entries this process is writing
-        self.seals: list[threading.Thread] = []  # writes being sealed (tests and shutdown may join them)
 
     def _path(self, namespace: str, key: str) -> str:
         return os.path.join(self.directory, namespace, key)
@@ -99,10 +98,9 @@ class Cache:
             self._writing.discard(f"{namespace}/{key}")
 
     def seal(self, writer: Writer) -> None:
-        thread = threading.Thread(target=self._seal, args=(writer,), name="wogit-cache-seal", daemon=True)
-        with self._lock:
-            self.seals = [t for t in self.seals if t.is_alive()] + [thread]
-        thread.start()
+        """Finish the entry in the background: the download that wrote it need not wait for the disk
+        (a server stopped meanwhile leaves a temporary file, removed once stale)."""
+        threading.Thread(target=self._seal, args=(writer,), name="wogit-cache-seal", daemon=True).start()
 
     def _seal(self, writer: Writer) -> None:
         try:

@@ -123,12 +123,15 @@ class Body:
                     self._sendfile(sock, part)
                 if chunked:
                     sock.sendall(b"\r\n")
-        except BlockingIOError:  # the kernel's send timeout
-            raise TimeoutError("timed out sending an answer") from None
+        except BlockingIOError:  # the kernel's send timeout; cheroot closes quietly on "timed out"
+            raise TimeoutError("timed out") from None
         finally:
             if not tls:
-                _send_timeout(sock, None)
-                sock.settimeout(timeout)
+                try:
+                    _send_timeout(sock, None)
+                    sock.settimeout(timeout)
+                except OSError:  # the connection is gone: cheroot closes it
+                    pass
 
     def _sendfile(self, sock: socket.socket, span: Span) -> None:
         offset, left = span.offset, span.length
