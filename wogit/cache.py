@@ -25,12 +25,15 @@ import secrets
 import threading
 import time
 
+from wogit import objects
+
 DIRECTORY = "wogit-cache"  # in the git directory
 DEFAULT_BOUND = 10 << 30
 MIN_SIZE = 1 << 20
 RESERVE = 0.05  # of the file system kept free
 TOUCH_SECONDS = 60.0  # a hit refreshes an entry's mtime at most this often
 STALE_SECONDS = 3600.0  # a temporary file this old was left by a stopped server
+WRITEBACK = 8 << 20  # bytes written between two pushes to the disk
 _MAGIC = b"wogitc1\n"
 FOOTER = len(_MAGIC) + 8 + 32
 _PARTIAL = "partial-"
@@ -144,11 +147,12 @@ class Cache:
 
 
 class Writer:
-    """A body being written into the cache as it streams; ``finish`` once it is whole."""
+    """A body being written into the cache as it streams; ``finish`` once it is whole.  What is
+    written is pushed on to the disk as it goes, so that sealing has little left to wait for."""
 
     def __init__(self, cache: Cache, namespace: str, key: str, path: str, file):
         self.cache, self.namespace, self.key, self.path, self.file = cache, namespace, key, path, file
-        self.length = 0
+        self.length = self.pushed = 0
         self.failed = False
 
     def write(self, data: bytes) -> None:
@@ -159,6 +163,10 @@ class Writer:
             if self.length > self.cache.bound:
                 raise OSError("larger than the cache")
             self.file.write(data)
+            if self.length - self.pushed >= WRITEBACK:
+                self.file.flush()
+                objects.start_writeback(self.file.fileno(), self.pushed, self.length - self.pushed)
+                self.pushed = self.length
         except OSError as exc:  # a full disk fails the cache, never the download
             log.info("not caching %s/%s: %s", self.namespace, self.key, exc)
             self.abandon()

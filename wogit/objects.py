@@ -217,7 +217,7 @@ class _Sink:
     def _write(self, parts: list) -> None:
         self.written += _write_all(self.fd, parts)
         if self.writeback and self.written - self.pushed >= _WRITEBACK:
-            _start_writeback(self.fd, self.pushed, self.written - self.pushed)
+            start_writeback(self.fd, self.pushed, self.written - self.pushed)
             self.pushed = self.written
 
 
@@ -248,7 +248,7 @@ _SYNC_FILE_RANGE = _libc_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
+def start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing a range of a file to disk, without waiting (a hint: fsync still decides)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
