@@ -208,6 +208,9 @@ def cases(plans: dict[int, list], rng_seed: int = 6) -> list[Case]:
     def list_tags(map: str):
         return lambda server, r, i: server.request("GET", f"/probe/{map}/_tags")
 
+    def catalog(server, r, i):
+        return server.request("GET", "/_catalog")
+
     return [
         Case("tag lookup: HEAD /<r>/<m>/<tag>", head_tag),
         Case("tarball GET of a small tag", get_tarball),
@@ -216,6 +219,7 @@ def cases(plans: dict[int, list], rng_seed: int = 6) -> list[Case]:
         Case("tag creation: PUT /<r>/<m>/<tag>", create_tag),
         Case("GET /<r>/<m>/_tags of a 100-tag map", list_tags("hundred")),
         Case("GET /<r>/<m>/_tags of a 10-tag map", list_tags("ten")),
+        Case("GET /_catalog (101 repositories at every size)", catalog),
     ]
 
 
@@ -244,7 +248,7 @@ def run(ctx) -> list[dict]:
     log = getattr(ctx, "log", None) or (lambda msg: print(f"  [scale] {msg}", file=sys.stderr, flush=True))
     cache = Path(os.environ.get("WOGIT_SCALE_CACHE") or workdir / "scale-cache")
     sizes = [BASE, 100_000] if quick else [BASE, 100_000, 1_000_000]
-    rounds, per_round, starts = (5, 20, 3) if quick else (7, 40, 5)
+    rounds, per_round, starts = (5, 20, 5) if quick else (7, 40, 9)
     made, copies, servers = {}, {}, {}
     server_log = workdir / "scale-servers.log"
     try:
@@ -254,6 +258,7 @@ def run(ctx) -> list[dict]:
         # Start-up, cold: fresh processes, one size after the other, round by round.
         startup = {size: [] for size in sizes}
         first = {size: [] for size in sizes}
+        load = [os.getloadavg()[0]]
         plans = {size: registry.plan(size) for size in sizes}
         probe = {size: next(p for p in plans[size] if p.repository != "probe") for size in sizes}
         for size in sizes:
@@ -267,6 +272,7 @@ def run(ctx) -> list[dict]:
                 finally:
                     server.stop()
                 startup[size].append(took)
+            load.append(os.getloadavg()[0])
         # Warm: one server per size, every case on every size in each round.
         for size in sizes:
             warm_page_cache(copies[size])
@@ -302,7 +308,8 @@ def run(ctx) -> list[dict]:
                         f"<= {TARGET_RATIO}x", ratio[0] <= TARGET_RATIO, f"one per fresh process; {starts} starts"))
     for size in sizes[1:]:
         gen = made[size]
-        note = (f"process start to the first GET /readyz 200; {starts} starts; registry: {gen['refs']:,} refs, "
+        note = (f"process start to the first GET /readyz 200; {starts} starts, load average "
+                f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores; registry: {gen['refs']:,} refs, "
                 f"{gen['objects']:,} objects, generated in {gen['seconds']:.1f} s"
                 + (" (cached)" if gen.get("cached") else ""))
         rows.append(row("start-up", size, startup[size], startup[BASE], f"< {STARTUP_MS / 1000:g} s",

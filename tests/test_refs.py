@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,27 @@ def test_names_and_spans_under_a_prefix_are_gits(packed_repo):
         assert [line.split(" ")[1] for line in text.decode().splitlines()] == list(packed.names(prefix))
 
 
+def test_children_are_the_names_right_below_a_prefix(packed_repo):
+    repo, expected = packed_repo
+    reader = Refs(str(repo))
+    assert reader.children("refs/wo/") == {"a", "a-b", "a.b", "a0", "z", "_maps", "_metadata"}
+    assert list(reader.packed().children("refs/wo/")) == ["_maps", "_metadata", "a-b", "a.b", "a", "a0", "z"]  # git's order
+    assert reader.children("refs/wo/_metadata/") == {"a", "a-b", "z"}
+    assert reader.children("refs/wo/a/") == {"b", "b-c", "b0"}
+    assert reader.children("refs/wo/q/") == set()
+    blob, = write_values(repo, 1)
+    for name in ("refs/x/a", "refs/x/a-b/c", "refs/x/a.c", "refs/x/a0/d/e", "refs/x/a0/f"):  # leaves and not
+        update_ref(repo, name, blob)
+    assert reader.children("refs/x/") == {"a", "a-b", "a.c", "a0"}  # loose
+    git(repo, "pack-refs", "--all")
+    assert list(reader.packed().children("refs/x/")) == ["a", "a-b", "a.c", "a0"]  # a leaf first
+    update_ref(repo, "refs/wo/new/m/t", blob)  # loose, beside the packed ones
+    (repo / "refs/wo/gone/m").mkdir(parents=True)  # a directory without a ref
+    (repo / "refs/wo/locked/m").mkdir(parents=True)
+    (repo / "refs/wo/locked/m/t.lock").write_text(blob + "\n")  # a ref being created, not yet one
+    assert reader.children("refs/wo/") == {"a", "a-b", "a.b", "a0", "z", "_maps", "_metadata", "new"}
+
+
 def test_loose_beats_packed_and_deleted_refs_are_gone(packed_repo):
     repo, expected = packed_repo
     reader = Refs(str(repo))
@@ -193,7 +215,8 @@ def test_update_is_a_compare_and_swap_git_reads(packed_repo):
 
 def test_concurrent_moves_with_git_lose_no_update(tmp_path):
     """Writers of wogit.refs and `git update-ref <ref> <new> <old>` advance one ref together, each
-    from the value it read: every success moves it one step, so none is lost."""
+    from the value it read, while `git pack-refs` packs it: every success moves it one step, so
+    none is lost."""
     repo = bare(tmp_path)
     chain = write_values(repo, 81)
     step = {oid: i for i, oid in enumerate(chain)}
@@ -201,8 +224,15 @@ def test_concurrent_moves_with_git_lose_no_update(tmp_path):
     update_ref(repo, name, chain[0])
     git(repo, "pack-refs", "--all")
     reader = Refs(str(repo), fsync=False)
-    wins = []
-    reads = []
+    wins, reads, errors = [], [], []
+
+    def recorded(work):
+        def run():
+            try:
+                work()
+            except Exception as exc:  # the thread's failure is the test's
+                errors.append(traceback.format_exc())
+        return run
 
     def ours():
         while True:
@@ -224,11 +254,16 @@ def test_concurrent_moves_with_git_lose_no_update(tmp_path):
             if git(repo, "update-ref", name, chain[step[current] + 1], current, check=False).returncode == 0:
                 wins.append("git")
 
-    threads = [threading.Thread(target=ours), threading.Thread(target=ours), threading.Thread(target=gits)]
+    def packs():  # git pack-refs meanwhile: loose refs packed and removed under their locks
+        while len(wins) < 80:
+            git(repo, "pack-refs", "--all", check=False)
+
+    threads = [threading.Thread(target=recorded(work)) for work in (ours, ours, gits, packs)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     assert len(wins) == 80 and "ours" in wins
     assert reader.get(name) == rev_parse(repo, name) == chain[80]
     assert all(value in step for value in reads)  # never a half-written file, never missing
@@ -305,3 +340,16 @@ def test_readyz_and_reads_of_a_packed_registry(fresh_server):
     git(srv.data, "pack-refs", "--all")
     assert requests.get(srv.url + "/readyz").json() == {"status": "ready"}
     assert json.loads(requests.get(srv.url + "/osm/city/_tags").text)["tags"][0]["tag"] == "v1"
+
+
+def test_catalog_of_packed_and_loose_repositories(fresh_server):
+    srv = fresh_server()
+    srv.push("alpha/city/v1", b"map a")
+    srv.push("beta/town/v1", b"map b")
+    git(srv.data, "pack-refs", "--all")
+    srv.push("gamma/village/v1", b"map c")  # loose
+    assert requests.delete(srv.url + "/beta/town/v1").status_code == 200  # beta keeps its history
+    (srv.data / "refs/wo/stray/m").mkdir(parents=True)  # a directory without a ref in it
+    assert requests.get(srv.url + "/_catalog").json() == {"repositories": ["alpha", "beta", "gamma"]}
+    assert requests.get(srv.url + "/_catalog?n=1&last=alpha").json() == {"repositories": ["beta"]}
+    assert requests.get(srv.url + "/_catalog/beta").json() == {"maps": ["town"]}

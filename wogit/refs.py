@@ -82,6 +82,21 @@ class Packed:
                 if not line.startswith(b"^"):
                     yield _parse(line)[1].decode("utf-8", "surrogateescape")
 
+    def children(self, prefix: str) -> Iterator[str]:
+        """The distinct names right below ``prefix`` (which ends in '/'), in git's order: one
+        binary search for each, past all the refs below it."""
+        if self.table is not None:
+            yield from sorted({name[len(prefix):].split("/", 1)[0] for name in self.table if name.startswith(prefix)})
+            return
+        data, key = _Blocks(self.fd, self.size), prefix.encode()
+        at, end = self._lower_bound(data, key), self._lower_bound(data, key + b"\xff")
+        while at < end:
+            _, name, after = _record(data, at)
+            child, slash, _ = name[len(key):].partition(b"/")
+            yield child.decode("utf-8", "surrogateescape")
+            # '0' follows '/': past every ref below prefix + child + '/' (a leaf: the next ref)
+            at = self._lower_bound(data, key + child + b"0") if slash else after
+
     def span(self, prefix: str) -> tuple[int, int]:
         """Where the records under ``prefix`` begin and end (equal when there are none)."""
         if self.table is not None:
@@ -242,16 +257,29 @@ class Refs:
                 if not file.endswith(".lock"):
                     yield f"{relative}/{file}"
 
+    def children(self, prefix: str) -> set[str]:
+        """The names right below ``prefix`` (which ends in '/') that have a ref: a loose ref
+        file at or under them, or a packed ref."""
+        packed = self.packed()
+        found = set(packed.children(prefix)) if packed is not None else set()
+        try:
+            entries = list(os.scandir(os.path.join(self.git_dir, prefix)))
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        for entry in entries:
+            if entry.name not in found and (entry.is_dir() and _holds_a_ref(entry.path) or
+                                            entry.is_file() and not entry.name.endswith(".lock")):
+                found.add(entry.name)
+        return found
+
     def update(self, name: str, new: str, old: str) -> None:
         """Move ``name`` from ``old`` (ZERO: it must not exist) to ``new``, atomically and durably;
         ``Locked`` if another writer holds it, ``Moved`` if it is not at ``old``."""
         path = os.path.join(self.git_dir, name)
         lock = path + ".lock"
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            raise Locked(name) from None
+        fd = _create_lock(lock)
+        if fd is None:
+            raise Locked(name)
         try:
             try:
                 current = self.get(name) or ZERO
@@ -303,6 +331,35 @@ def _read_packed(path: str) -> Packed | None:
                 oid, name = _parse(line)
                 table[name.decode("utf-8", "surrogateescape")] = oid
     return Packed(os.dup(fd), stamp, start, table)
+
+
+def _create_lock(lock: str) -> int | None:
+    """Create ``lock`` exclusively (None: it exists), and its directory if need be: again if a
+    ``git pack-refs`` removed the directory meanwhile, emptied of its refs (as git does)."""
+    for attempt in range(10):
+        last = attempt == 9
+        try:
+            os.makedirs(os.path.dirname(lock), exist_ok=True)
+        except (FileExistsError, FileNotFoundError):  # a directory on the way came and went
+            if last:
+                raise
+            continue
+        try:
+            return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return None
+        except FileNotFoundError:
+            if last:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _holds_a_ref(folder: str) -> bool:
+    """Whether a loose ref file is in ``folder`` or below it (an emptied directory may stay)."""
+    for _, _, files in os.walk(folder):
+        if any(not file.endswith(".lock") for file in files):
+            return True
+    return False
 
 
 def _unlink(path: str) -> None:

@@ -339,12 +339,11 @@ class Store:
         return tags
 
     def repositories(self) -> list[str]:
-        """The repositories holding at least one map, by name."""
-        out = self._git("for-each-ref", "--format=%(refname:lstrip=2)", names.NAMESPACE).stdout
-        # Every ref is checked when it is written: its first name is enough (a metadata ref's second).
-        first = {line.split("/", 1)[0] for line in out.splitlines() if not line.startswith("_")}
-        second = {line.split("/", 2)[1] for line in out.splitlines() if line.startswith("_metadata/")}
-        return sorted(name for name in first | second if names.is_repository(name))
+        """The repositories holding at least one map, by name: a look-up for each, not a read of
+        every ref.  Every ref is checked when it is written: its first name is enough (a
+        metadata ref's second)."""
+        first = {name for name in self.refs.children(names.NAMESPACE) if not name.startswith("_")}
+        return sorted(name for name in first | self.refs.children(names.METADATA) if names.is_repository(name))
 
     def maps(self, repository: str) -> list[str]:
         """The maps of a repository, by name; MAP_UNKNOWN if it holds none."""
