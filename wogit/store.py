@@ -756,7 +756,9 @@ def _count_packed(packed: refs.Packed) -> dict[str, int]:
              "tags": [(begin, private[0]), (private[1], end)]}
     for kind, where in spans.items():
         for first, last in where:
-            found[kind] += sum(len(names.PACKED_LINES[kind].findall(text)) for text in packed.text(first, last))
+            # pieces of 256 KiB: the regex holds the GIL a few ms at a time, not a whole scan
+            found[kind] += sum(len(names.PACKED_LINES[kind].findall(text))
+                               for text in packed.text(first, last, size=1 << 18))
     return found
 
 
