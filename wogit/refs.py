@@ -5,8 +5,8 @@ A ref ``<name>`` is the loose file ``<git_dir>/<name>`` holding ``<oid>\\n``, or
 is no such file, a line ``<oid> <name>`` of ``packed-refs`` (which ``git pack-refs`` and
 ``git gc`` write, maybe followed by a peeled line ``^<oid>``).  git writes ``packed-refs``
 sorted and says so in its header (``# pack-refs with: peeled fully-peeled sorted``): one ref is
-then a binary search in the file, a few 4 KiB blocks read with ``pread`` (never mapped: the page
-cache holds the file, not the process).  A file without that trait (an old git's) is read
+then a binary search in the file, read with ``pread`` (never mapped: the page cache holds the
+file, not the process).  A file without that trait (an old git's) is read
 whole, once for each version of it.
 
 A ref is moved with git's protocol, so git, libgit2 and other wogit processes see each other's
@@ -21,6 +21,7 @@ Names are never built here: ``wogit.names`` owns them.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import threading
@@ -33,6 +34,7 @@ ZERO = "0" * 40
 PACKED = "packed-refs"
 _HEADER = b"# pack-refs with:"
 _OID = re.compile(r"[0-9a-f]{40}")
+_PEELED = ord("^")
 
 
 class RefError(Exception):
@@ -49,7 +51,13 @@ class Moved(Exception):
 
 class Packed:
     """One version of ``packed-refs`` (an open file: git replaces it by renaming a new one onto
-    it, so this one stays as it was): its refs by name, found without reading it all."""
+    it, so this one stays as it was): its refs by name, found without reading it all.
+
+    A sorted file has a sparse index, the first record after every ``SPAN`` bytes (a few
+    thousand names for a million refs, read once): a search reads that span (one ``pread``)
+    and bisects it in memory."""
+
+    SPAN = 1 << 16
 
     def __init__(self, fd: int, stamp: tuple[int, int, int, int], start: int,
                  table: dict[str, str] | None = None):
@@ -59,17 +67,29 @@ class Packed:
         self.start = start  # where the records begin (after the header)
         self.table = table  # an unsorted file's refs, read whole
         weakref.finalize(self, os.close, fd)
+        self.index_names: list[bytes] = []
+        self.index_offsets: list[int] = []
+        if table is None:
+            data = _Blocks(fd, self.size)
+            for at in range(start + self.SPAN, self.size, self.SPAN):
+                rec = _next_record(data, at)
+                if rec < self.size and (not self.index_offsets or rec > self.index_offsets[-1]):
+                    self.index_names.append(_record(data, rec)[1])
+                    self.index_offsets.append(rec)
 
     def get(self, name: str) -> str | None:
         if self.table is not None:
             return self.table.get(name)
-        data = _Blocks(self.fd, self.size)
-        at = self._lower_bound(data, name.encode())
-        if at < self.size:
-            oid, found, _ = _record(data, at)
-            if found == name.encode():
-                return oid
-        return None
+        key = name.encode()
+        at, data, base = self._lower_bound(key)
+        if at < base + len(data):
+            eol = data.find(b"\n", at - base)
+            oid, found = _parse(data[at - base:eol if eol >= 0 else len(data)])
+        elif at < self.size:  # the first record of the next span
+            oid, found, _ = _record(_Blocks(self.fd, self.size), at)
+        else:
+            return None
+        return oid if found == key else None
 
     def names(self, prefix: str = "") -> Iterator[str]:
         """The names under ``prefix``, in git's order."""
@@ -83,26 +103,36 @@ class Packed:
                     yield _parse(line)[1].decode("utf-8", "surrogateescape")
 
     def children(self, prefix: str) -> Iterator[str]:
-        """The distinct names right below ``prefix`` (which ends in '/'), in git's order: one
-        binary search for each, past all the refs below it."""
+        """The distinct names right below ``prefix`` (which ends in '/'): read through when the
+        refs under ``prefix`` are few, else one search for each, past all the refs below it."""
         if self.table is not None:
             yield from sorted({name[len(prefix):].split("/", 1)[0] for name in self.table if name.startswith(prefix)})
             return
-        data, key = _Blocks(self.fd, self.size), prefix.encode()
-        at, end = self._lower_bound(data, key), self._lower_bound(data, key + b"\xff")
+        key = prefix.encode()
+        at, end = self.span(prefix)
+        if end - at <= 16 * self.SPAN:
+            seen = set()
+            for text in self.text(at, end):
+                for line in text.splitlines():
+                    child = line[41 + len(key):].partition(b"/")[0]  # the span's refs: all under prefix
+                    if not line.startswith(b"^") and child not in seen:
+                        seen.add(child)
+                        yield child.decode("utf-8", "surrogateescape")
+            return
+        data = _Blocks(self.fd, self.size)
         while at < end:
             _, name, after = _record(data, at)
             child, slash, _ = name[len(key):].partition(b"/")
             yield child.decode("utf-8", "surrogateescape")
             # '0' follows '/': past every ref below prefix + child + '/' (a leaf: the next ref)
-            at = self._lower_bound(data, key + child + b"0") if slash else after
+            at = self._lower_bound(key + child + b"0")[0] if slash else after
 
     def span(self, prefix: str) -> tuple[int, int]:
         """Where the records under ``prefix`` begin and end (equal when there are none)."""
         if self.table is not None:
             raise ValueError("an unsorted packed-refs has no spans")
-        data, key = _Blocks(self.fd, self.size), prefix.encode()
-        return self._lower_bound(data, key), self._lower_bound(data, key + b"\xff")  # UTF-8 has no 0xff
+        key = prefix.encode()
+        return self._lower_bound(key)[0], self._lower_bound(key + b"\xff")[0]  # UTF-8 has no 0xff
 
     def text(self, begin: int, end: int, size: int = 1 << 20) -> Iterator[bytes]:
         """The records from ``begin`` to ``end`` (a span's), as pieces of whole lines."""
@@ -113,29 +143,38 @@ class Packed:
             yield piece
             begin += len(piece)
 
-    def _lower_bound(self, data: _Blocks, key: bytes) -> int:
-        """Where the first record whose name is not before ``key`` starts (the end if none)."""
-        lo, hi = self.start, self.size
+    def _lower_bound(self, key: bytes) -> tuple[int, bytes, int]:
+        """Where the first record whose name is not before ``key`` starts (the file's size if
+        none), and the span searched (its bytes and where they start)."""
+        i = bisect.bisect_left(self.index_names, key)  # index_names[i - 1] < key <= index_names[i]
+        base = self.index_offsets[i - 1] if i > 0 else self.start
+        data = os.pread(self.fd, (self.index_offsets[i] if i < len(self.index_offsets) else self.size) - base, base)
+        lo, hi = 0, len(data)  # whole records (the index names records' starts)
         while lo < hi:
-            rec = _record_start(data, lo, (lo + hi) // 2)
-            _, name, end = _record(data, rec)
-            if name < key:
-                lo = end
+            rec = data.rfind(b"\n", lo, (lo + hi) // 2) + 1 or lo  # the record holding the middle
+            if rec > lo and data[rec] == _PEELED:  # a peeled line belongs to the ref above it
+                rec = data.rfind(b"\n", lo, rec - 1) + 1 or lo
+            eol = data.find(b"\n", rec)
+            eol = len(data) if eol < 0 else eol
+            if data[rec + 41:eol] < key:
+                lo = eol + 1
+                if lo < len(data) and data[lo] == _PEELED:
+                    lo = data.find(b"\n", lo) + 1 or len(data)
             else:
                 hi = rec
-        return lo
+        return base + min(lo, len(data)), data, base
 
 
 class _Blocks:
-    """Part of a file, read with ``pread`` a block at a time as the binary search asks for it
-    (never mapped: the page cache holds it, not the process)."""
+    """Part of a file, read with ``pread`` a block at a time as it is asked for (never mapped:
+    the page cache holds it, not the process)."""
 
     SIZE = 4096
 
     def __init__(self, fd: int, size: int):
         self.fd = fd
         self.size = size
-        self.blocks: dict[int, bytes] = {}  # this search's own: a lookup reads a few dozen
+        self.blocks: dict[int, bytes] = {}  # this reader's own
 
     def byte(self, at: int) -> bytes:
         return self._block(at // self.SIZE)[at % self.SIZE:at % self.SIZE + 1]
@@ -155,17 +194,6 @@ class _Blocks:
             at = (n + 1) * self.SIZE
         return self.size
 
-    def rfind_newline(self, lo: int, at: int) -> int:
-        """The offset of the last newline in [lo, at), or -1."""
-        while at > lo:
-            n = (at - 1) // self.SIZE
-            base = n * self.SIZE
-            found = self._block(n).rfind(b"\n", max(lo - base, 0), at - base)
-            if found >= 0:
-                return base + found
-            at = base
-        return -1
-
     def line_rest(self, at: int) -> bytes:
         """The bytes from ``at`` to the end of its line, newline included."""
         return self.slice(at, min(self.find_newline(at) + 1, self.size))
@@ -177,12 +205,12 @@ class _Blocks:
         return block
 
 
-def _record_start(data: _Blocks, lo: int, at: int) -> int:
-    """The start of the record holding offset ``at`` (a peeled line belongs to the ref above it)."""
-    start = data.rfind_newline(lo, at) + 1 or lo
-    if start > lo and data.byte(start) == b"^":
-        start = data.rfind_newline(lo, start - 1) + 1 or lo
-    return start
+def _next_record(data: _Blocks, at: int) -> int:
+    """The start of the first record at or after offset ``at`` (the file's size if none)."""
+    start = data.find_newline(at - 1) + 1 if data.byte(at - 1) != b"\n" else at
+    if start < data.size and data.byte(start) == b"^":
+        start = data.find_newline(start) + 1
+    return min(start, data.size)
 
 
 def _record(data: _Blocks, at: int) -> tuple[str, bytes, int]:
