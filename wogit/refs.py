@@ -53,9 +53,10 @@ class Packed:
     """One version of ``packed-refs`` (an open file: git replaces it by renaming a new one onto
     it, so this one stays as it was): its refs by name, found without reading it all.
 
-    A sorted file has a sparse index, the first record after every ``SPAN`` bytes (a few
-    thousand names for a million refs, read once): a search reads that span (one ``pread``)
-    and bisects it in memory."""
+    A sorted file is searched in two steps: a bisection over the first records after every
+    ``SPAN`` bytes, each read (a block) when a search first needs it and kept (at most a few
+    thousand names for a million refs), then one ``pread`` of the span between two of them,
+    bisected in memory."""
 
     SPAN = 1 << 16
 
@@ -67,15 +68,8 @@ class Packed:
         self.start = start  # where the records begin (after the header)
         self.table = table  # an unsorted file's refs, read whole
         weakref.finalize(self, os.close, fd)
-        self.index_names: list[bytes] = []
-        self.index_offsets: list[int] = []
-        if table is None:
-            data = _Blocks(fd, self.size)
-            for at in range(start + self.SPAN, self.size, self.SPAN):
-                rec = _next_record(data, at)
-                if rec < self.size and (not self.index_offsets or rec > self.index_offsets[-1]):
-                    self.index_names.append(_record(data, rec)[1])
-                    self.index_offsets.append(rec)
+        self.marks = max(0, self.size - start - 1) // self.SPAN  # mark j: the record after start + j * SPAN
+        self._marks: dict[int, tuple[bytes | None, int]] = {}  # j -> its name (None: no record) and start
 
     def get(self, name: str) -> str | None:
         if self.table is not None:
@@ -146,10 +140,18 @@ class Packed:
     def _lower_bound(self, key: bytes) -> tuple[int, bytes, int]:
         """Where the first record whose name is not before ``key`` starts (the file's size if
         none), and the span searched (its bytes and where they start)."""
-        i = bisect.bisect_left(self.index_names, key)  # index_names[i - 1] < key <= index_names[i]
-        base = self.index_offsets[i - 1] if i > 0 else self.start
-        data = os.pread(self.fd, (self.index_offsets[i] if i < len(self.index_offsets) else self.size) - base, base)
-        lo, hi = 0, len(data)  # whole records (the index names records' starts)
+        below, above = 0, self.marks + 1  # mark 0 is the start (before any key), marks + 1 the end
+        while below + 1 < above:
+            middle = (below + above) // 2
+            name, _ = self._mark(middle)
+            if name is not None and name < key:
+                below = middle
+            else:
+                above = middle
+        base = self._mark(below)[1] if below else self.start
+        end = self._mark(above)[1] if above <= self.marks else self.size
+        data = os.pread(self.fd, end - base, base)
+        lo, hi = 0, len(data)  # whole records: marks are records' starts
         while lo < hi:
             rec = data.rfind(b"\n", lo, (lo + hi) // 2) + 1 or lo  # the record holding the middle
             if rec > lo and data[rec] == _PEELED:  # a peeled line belongs to the ref above it
@@ -163,6 +165,15 @@ class Packed:
             else:
                 hi = rec
         return base + min(lo, len(data)), data, base
+
+    def _mark(self, j: int) -> tuple[bytes | None, int]:
+        """Mark ``j``: the name (None: no record) and start of the first record after start + j * SPAN."""
+        found = self._marks.get(j)
+        if found is None:
+            data = _Blocks(self.fd, self.size)
+            at = _next_record(data, self.start + j * self.SPAN)
+            found = self._marks[j] = (_record(data, at)[1], at) if at < self.size else (None, self.size)
+        return found
 
 
 class _Blocks:
