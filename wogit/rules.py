@@ -372,15 +372,13 @@ class GitView:
 # -- reading objects with pygit2 (the HTTP API's own writes: no quarantine, no subprocesses) -------
 
 class Pygit2View:
-    """A ``View`` of an open ``pygit2.Repository``; ``refs(prefix)`` lists refs under a prefix."""
+    """A ``View`` of an open ``pygit2.Repository``; ``refs(prefix)`` lists refs under a prefix,
+    ``ref(name)`` reads one (wogit.refs: libgit2 maps all of packed-refs into every handle)."""
 
-    def __init__(self, repo, refs: Callable[[str], dict[str, str]]):
+    def __init__(self, repo, refs: Callable[[str], dict[str, str]], ref: Callable[[str], str | None]):
         self.repo = repo
         self.refs = refs
-
-    def ref(self, name: str) -> str | None:
-        ref = self.repo.references.get(name)
-        return None if ref is None else str(ref.target)
+        self.ref = ref
 
     def kind(self, oid: str) -> str | None:
         return self.headers([oid]).get(oid, (None,))[0]

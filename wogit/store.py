@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import pygit2
 
-from wogit import cache, errors, githttp, metadata, names, objects, rules, serverhooks, tarball
+from wogit import cache, errors, githttp, metadata, names, objects, refs, rules, serverhooks, tarball
 from wogit.sendfile import Body, Span
 
 T = TypeVar("T")
@@ -124,6 +124,8 @@ class Store:
         pygit2.settings.enable_fsync_gitdir(fsync)
         init(self.path)
         self.objects_dir = os.path.join(self.path, "objects")
+        self.refs = refs.Refs(self.path, fsync)  # single refs moved without libgit2 (wogit.refs)
+        self._packed_counts: tuple[tuple, dict[str, int]] | None = None  # (packed-refs stamp, its counts)
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -189,11 +191,11 @@ class Store:
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
-        ref = self.repo.references.get(names.blob_ref(kind, digest))
-        if ref is None:
+        target = self.refs.get(names.blob_ref(kind, digest))
+        if target is None:
             return None
         try:
-            tree = self.repo[ref.target]
+            tree = self.repo[target]
             if not isinstance(tree, pygit2.Tree):
                 return None
             blob = tree[kind].id
@@ -232,7 +234,7 @@ class Store:
                    actor: str | None = None) -> Tag:
         ref = names.tag_ref(repository, map, tag)
         exists = errors.EXISTS(f"tag {repository}/{map}/{tag} already exists; tags are immutable")
-        if self.repo.references.get(ref) is not None:
+        if self.refs.get(ref) is not None:
             raise exists
         blobs = {names.MAP: (map_digest, self._require_blob(names.MAP, map_digest, "map_digest")),
                  names.CONFIG: (config_digest, self._require_blob(names.CONFIG, config_digest, "config_digest"))}
@@ -288,14 +290,14 @@ class Store:
                 self._git("update-ref", "-d", ref, commit, check=False)
                 self._changed()
                 raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} was removed by wogit gc meanwhile")
-            if self.repo.references.get(names.blob_ref(kind, digest)) is None:
+            if self.refs.get(names.blob_ref(kind, digest)) is None:
                 self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid))
 
     def get_tag(self, repository: str, map: str, tag: str) -> Tag:
-        ref = self.repo.references.get(names.tag_ref(repository, map, tag))
-        if ref is None:
+        target = self.refs.get(names.tag_ref(repository, map, tag))
+        if target is None:
             raise errors.TAG_UNKNOWN(f"tag {repository}/{map}/{tag} does not exist")
-        commit = self.repo[ref.target]
+        commit = self.repo[target]
         fields = rules.tag_digests(commit.message)
         return Tag(repository, map, tag, fields["map_digest"], fields["config_digest"],
                    commit.commit_time, str(commit.id), str(commit.tree["map"].id),
@@ -303,7 +305,7 @@ class Store:
 
     def map_exists(self, repository: str, map: str) -> bool:
         """A map exists while it has a tag or a metadata history."""
-        if self.repo.references.get(names.metadata_ref(repository, map)) is not None:
+        if self.refs.get(names.metadata_ref(repository, map)) is not None:
             return True
         prefix = names.tags_prefix(repository, map)
         return bool(self._git("for-each-ref", "--count=1", "--format=%(refname)", prefix).stdout.strip())
@@ -316,8 +318,8 @@ class Store:
         def attempt() -> Tag:
             found = self.get_tag(repository, map, tag)
             repo = self.repo
-            head = repo.references.get(history)
-            parent = repo[head.target] if head is not None else None
+            head = self.refs.get(history)
+            parent = repo[head] if head is not None else None
             tree = parent.tree_id if parent is not None else self._kept(repo.TreeBuilder().write)
             author = repo[found.commit].author
             message = (f"{DELETE_TAG} {tag}\n\ntag_commit: {found.commit}\n"
@@ -341,12 +343,11 @@ class Store:
         return tags
 
     def repositories(self) -> list[str]:
-        """The repositories holding at least one map, by name."""
-        out = self._git("for-each-ref", "--format=%(refname:lstrip=2)", names.NAMESPACE).stdout
-        # Every ref is checked when it is written: its first name is enough (a metadata ref's second).
-        first = {line.split("/", 1)[0] for line in out.splitlines() if not line.startswith("_")}
-        second = {line.split("/", 2)[1] for line in out.splitlines() if line.startswith("_metadata/")}
-        return sorted(name for name in first | second if names.is_repository(name))
+        """The repositories holding at least one map, by name: a look-up for each, not a read of
+        every ref.  Every ref is checked when it is written: its first name is enough (a
+        metadata ref's second)."""
+        first = {name for name in self.refs.children(names.NAMESPACE) if not name.startswith("_")}
+        return sorted(name for name in first | self.refs.children(names.METADATA) if names.is_repository(name))
 
     def maps(self, repository: str) -> list[str]:
         """The maps of a repository, by name; MAP_UNKNOWN if it holds none."""
@@ -532,9 +533,9 @@ class Store:
 
     def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
         """The newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
-        ref = self.repo.references.get(names.metadata_ref(repository, map))
-        if ref is not None:
-            return self.repo[ref.target]
+        target = self.refs.get(names.metadata_ref(repository, map))
+        if target is not None:
+            return self.repo[target]
         if not self.map_exists(repository, map):
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
         return None
@@ -548,8 +549,8 @@ class Store:
 
         def attempt() -> list[str]:
             repo = self.repo
-            ref = repo.references.get(name)
-            parent = repo[ref.target] if ref is not None else None
+            head = self.refs.get(name)
+            parent = repo[head] if head is not None else None
             builder = repo.TreeBuilder(parent.tree) if parent is not None else repo.TreeBuilder()
             changed, message = change(builder, parent.tree if parent is not None else None)
             if not changed:
@@ -558,15 +559,11 @@ class Store:
                                         [parent.id] if parent is not None else [])
             old = str(parent.id) if parent is not None else rules.ZERO
             rules.require(rules.Change(name, old, str(commit)), view=self._view())
-            if ref is None:
+            if head is None:
                 if not self._create_ref(name, commit):
                     raise _Contended(name)
             else:
-                try:
-                    ref.set_target(commit, message.splitlines()[0])
-                except (pygit2.GitError, OSError) as exc:
-                    raise _contention(exc, name) from None
-                self._changed()
+                self._move_ref(name, str(commit), old)
             return changed
 
         return self._retrying(attempt)
@@ -630,7 +627,7 @@ class Store:
     # -- refs ----------------------------------------------------------------
 
     def _view(self) -> rules.View:
-        return rules.Pygit2View(self.repo, self._refs_under)
+        return rules.Pygit2View(self.repo, self._refs_under, self.refs.get)
 
     def _refs_under(self, prefix: str) -> dict[str, str]:
         out = self._git("for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
@@ -655,6 +652,15 @@ class Store:
             raise RuntimeError(f"git update-ref {name} failed: {result.stderr.strip()}")
 
         return self._retrying(attempt)
+
+    def _move_ref(self, name: str, new: str, old: str) -> None:
+        """Compare-and-swap ``name`` from ``old`` to ``new`` (wogit.refs: libgit2 would read
+        every ref of the registry to write one)."""
+        try:
+            self.refs.update(name, new, old)
+        except (refs.Locked, refs.Moved) as exc:
+            raise _Contended(name, str(exc)) from None
+        self._changed()
 
     def _transaction(self, commands: str, ref: str) -> None:
         """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none."""
@@ -690,22 +696,31 @@ class Store:
 
     READY_PROBE = "tmp_wogit_ready"  # in objects/, like git's own temporaries (`git prune` sweeps tmp_*)
 
+    COUNTED = ("maps", "configs", "tags")
+
     def counts(self) -> dict[str, int]:
-        """How many maps, configs and tags the registry holds (one ``git for-each-ref``)."""
-        found = {"maps": 0, "configs": 0, "tags": 0}
-        for ref in self._git("for-each-ref", "--format=%(refname)", names.NAMESPACE).stdout.splitlines():
-            name = names.parse_ref(ref)
-            if isinstance(name, names.BlobName):
-                found["maps" if name.kind == names.MAP else "configs"] += 1
-            elif isinstance(name, names.TagName):
-                found["tags"] += 1
+        """How many maps, configs and tags the registry holds.  The packed refs are counted once
+        for each version of packed-refs (a scan of its text), the loose ones (written since it)
+        each time."""
+        packed = self.refs.packed()
+        cached = self._packed_counts
+        if packed is not None and (cached is None or cached[0] != packed.stamp):
+            cached = self._packed_counts = (packed.stamp, _count_packed(packed))
+        found = dict(cached[1]) if packed is not None else dict.fromkeys(self.COUNTED, 0)
+        for ref in self.refs.loose_names(names.NAMESPACE):
+            kind = names.kind_of(ref)
+            if kind in found and (packed is None or packed.get(ref) is None):
+                found[kind] += 1
         return found
 
     def check_ready(self) -> None:
         """Raise NOT_READY unless the repository's refs can be read and a file written and
         synced in its objects directory (where every upload goes)."""
-        read = self._git("for-each-ref", "--count=1", "--format=%(refname)", names.NAMESPACE, check=False)
-        if read.returncode != 0:
+        # One ref looked up (its loose file, then packed-refs), whatever the registry's size;
+        # absent (1) or there (0), the refs were read.
+        probe = names.blob_ref(names.MAP, names.digest("0" * 64))
+        read = self._git("rev-parse", "--verify", "--quiet", "--end-of-options", probe, check=False)
+        if read.returncode not in (0, 1):
             raise errors.NOT_READY(f"cannot read the repository's refs: {read.stderr.strip() or read.returncode}")
         probe = os.path.join(self.objects_dir, self.READY_PROBE)
         try:
@@ -758,13 +773,26 @@ def init(path: str) -> list[str]:
     return done + serverhooks.install(path)
 
 
-_CONTENTION = ("failed to lock", "failed to create locked file", "old reference value does not match")
-
-
-def _contention(exc: Exception, ref: str) -> Exception:
-    """A _Contended for libgit2's "someone else holds or moved this ref", else ``exc`` itself."""
-    text = str(exc)
-    return _Contended(ref, text) if any(sign in text for sign in _CONTENTION) else exc
+def _count_packed(packed: refs.Packed) -> dict[str, int]:
+    """``Store.counts`` of the refs in one packed-refs: each kind's lines found by its pattern
+    (wogit.names), in the span of the file where its refs sort."""
+    found = dict.fromkeys(Store.COUNTED, 0)
+    if packed.table is not None:  # an unsorted file, read whole
+        for ref in packed.table:
+            kind = names.kind_of(ref)
+            if kind in found:
+                found[kind] += 1
+        return found
+    begin, end = packed.span(names.NAMESPACE)
+    private = packed.span(names.NAMESPACE + "_")  # _maps, _configs, _metadata: the rest are tags
+    spans = {"maps": [packed.span(names.MAPS)], "configs": [packed.span(names.CONFIGS)],
+             "tags": [(begin, private[0]), (private[1], end)]}
+    for kind, where in spans.items():
+        for first, last in where:
+            # pieces of 256 KiB: the regex holds the GIL a few ms at a time, not a whole scan
+            found[kind] += sum(len(names.PACKED_LINES[kind].findall(text))
+                               for text in packed.text(first, last, size=1 << 18))
+    return found
 
 
 def _break_stale_lock(git_dir: str, ref: str) -> None:
