@@ -190,17 +190,18 @@ def _stored_header(length: int, final: bool) -> bytes:
 
 class _Sink:
     """The object's file, written with writev; what is written is pushed on to the disk as
-    it goes (the final fsync then has little left to do)."""
+    it goes (the final fsync then has little left to do).  The stream's adler32 is ISA-L's,
+    some 5x faster than zlib's."""
 
     def __init__(self, fd: int, header: bytes, final: bool, writeback: bool):
         self.fd = fd
         self.writeback = writeback
-        self.adler = zlib.adler32(header)
+        self.adler = isal_zlib.adler32(header)
         self.written = self.pushed = 0
         self._write([_ZLIB_HEADER, _stored_header(len(header), final), header])
 
     def stored(self, data: memoryview, final: bool) -> None:
-        self.adler = zlib.adler32(data, self.adler)
+        self.adler = isal_zlib.adler32(data, self.adler)
         parts = []
         for start in range(0, len(data), _BLOCK):
             block = data[start:start + _BLOCK]
@@ -208,7 +209,7 @@ class _Sink:
         self._write(parts)
 
     def deflated(self, data: memoryview, segment: Future) -> None:
-        self.adler = zlib.adler32(data, self.adler)
+        self.adler = isal_zlib.adler32(data, self.adler)
         self._write(segment.result())
 
     def close(self) -> None:

@@ -97,7 +97,7 @@ class _Counted:
     def __init__(self, stream):
         self.stream = stream
         self.count = 0
-        if hasattr(stream, "readinto"):  # only then: a reader asks for it, else reads
+        if hasattr(stream, "readinto"):  # offered only then: without it, a Body falls back to read
             self.readinto = self._readinto
 
     def read(self, *args) -> bytes:
