@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", type=sections, default=list(SECTIONS),
                         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--workdir", type=Path, help="where the temporary files go (default: $TMPDIR); "
-                        "full mode needs ~20 GiB there")
+                        "full mode needs about 12 GiB there, and 1 GiB of /dev/shm when it has room")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the JSON report")
     parser.add_argument("--markdown", type=Path, help="rewrite the generated table of this file (between "
                         f"{START} and {END})")
