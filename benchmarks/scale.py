@@ -248,7 +248,7 @@ def run(ctx) -> list[dict]:
     log = getattr(ctx, "log", None) or (lambda msg: print(f"  [scale] {msg}", file=sys.stderr, flush=True))
     cache = Path(os.environ.get("WOGIT_SCALE_CACHE") or workdir / "scale-cache")
     sizes = [BASE, 100_000] if quick else [BASE, 100_000, 1_000_000]
-    rounds, per_round, starts = (5, 20, 5) if quick else (7, 40, 9)
+    rounds, per_round, starts = (5, 12, 4) if quick else (7, 40, 9)
     made, copies, servers = {}, {}, {}
     server_log = workdir / "scale-servers.log"
     try:
@@ -260,15 +260,15 @@ def run(ctx) -> list[dict]:
         first = {size: [] for size in sizes}
         load = [os.getloadavg()[0]]
         plans = {size: registry.plan(size) for size in sizes}
-        probe = {size: next(p for p in plans[size] if p.repository != "probe") for size in sizes}
+        cold = {size: [p for p in plans[size] if p.repository != "probe"][-5:] for size in sizes}  # untouched elsewhere
         for size in sizes:
             warm_page_cache(copies[size])
         for _ in range(starts):
             for size in sizes:
                 server, took = start(python, copies[size], size, server_log)
                 try:
-                    p = probe[size]
-                    first[size].append(server.request("HEAD", f"/{p.repository}/{p.map}/{registry.tag_name(0)}"))
+                    for p in cold[size]:
+                        first[size].append(server.request("HEAD", f"/{p.repository}/{p.map}/{registry.tag_name(0)}"))
                 finally:
                     server.stop()
                 startup[size].append(took)
@@ -301,11 +301,17 @@ def run(ctx) -> list[dict]:
         for size in sizes[1:]:
             values, base = medians[(case.name, size)], medians[(case.name, BASE)]
             ratio = ratios(values, base)
-            rows.append(row(case.name, size, values, base, f"<= {TARGET_RATIO}x", ratio[0] <= TARGET_RATIO, n_note))
+            if case.name.startswith("GET /_catalog"):  # not a per-tag operation: shown, no target
+                rows.append(row(case.name, size, values, base, "report", None,
+                                n_note + "; a look-up per repository (O(repositories x log refs))"))
+            else:
+                rows.append(row(case.name, size, values, base, f"<= {TARGET_RATIO}x", ratio[0] <= TARGET_RATIO,
+                                n_note))
     for size in sizes[1:]:
         ratio = ratios(first[size], first[BASE])
-        rows.append(row("first tag lookup after start-up (cold)", size, first[size], first[BASE],
-                        f"<= {TARGET_RATIO}x", ratio[0] <= TARGET_RATIO, f"one per fresh process; {starts} starts"))
+        rows.append(row("first tag lookups after start-up (cold process)", size, first[size], first[BASE],
+                        f"<= {TARGET_RATIO}x", ratio[0] <= TARGET_RATIO,
+                        f"HEAD of 5 tags right after /readyz, on each of {starts} fresh processes"))
     for size in sizes[1:]:
         gen = made[size]
         note = (f"process start to the first GET /readyz 200; {starts} starts, load average "
