@@ -14,6 +14,7 @@ returns.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import TypeVar
 
 import pygit2
 
-from wogit import errors, githttp, metadata, names, objects, rules, serverhooks, tarball
+from wogit import errors, githttp, metadata, names, objects, refs, rules, serverhooks, tarball
 
 T = TypeVar("T")
 IDENTITY = ("wogit", "wogit@localhost")
@@ -116,6 +117,7 @@ class Store:
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
         self._local = threading.local()
+        self._ref_locks = [threading.Lock() for _ in range(64)]  # Store._writing
         self._secret: bytes | None = None  # the upload proofs' key (wogit.uploadSecret)
         self.listeners: list[Callable[[], None]] = []  # told after every ref change (replication)
         pygit2.settings.enable_fsync_gitdir(fsync)
@@ -177,11 +179,9 @@ class Store:
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
 
-    def _index_tree(self, kind: str, oid: str) -> pygit2.Oid:
+    def _index_tree(self, kind: str, oid: str) -> str:
         """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
-        builder = self.repo.TreeBuilder()
-        builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
-        return self._kept(builder.write)
+        return self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid)}))
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -233,13 +233,10 @@ class Store:
         blobs = {names.MAP: (map_digest, self._require_blob(names.MAP, map_digest, "map_digest")),
                  names.CONFIG: (config_digest, self._require_blob(names.CONFIG, config_digest, "config_digest"))}
         self._freshen(blobs)  # before gc could decide they are old and unused (wogit.maintenance)
-        repo = self.repo
-        builder = repo.TreeBuilder()
-        for kind, (_, oid) in sorted(blobs.items()):
-            builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
+        tree = self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid) for kind, (_, oid) in blobs.items()}))
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write), [])
+        commit = self._commit(tree, [], actor, message)
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
@@ -249,15 +246,20 @@ class Store:
         self._keep_indexed(ref, str(commit), blobs)
         return self.get_tag(repository, map, tag)
 
-    def _kept(self, write: Callable[[], pygit2.Oid]) -> pygit2.Oid:
+    def _kept(self, kind: str, data: bytes) -> str:
         """Write an object (it may exist already, unreachable and old) so that ``git prune`` keeps
         it until a ref reaches it: touched now, younger than any grace period (prune checks the
         time as it removes a file); one pruned meanwhile is written again."""
         for _ in range(3):
-            oid = write()
-            if self._touch(str(oid)):
+            oid = objects.write_object(self.objects_dir, kind, data, self.fsync)
+            if self._touch(oid):
                 return oid
         raise errors.UNAVAILABLE("objects kept disappearing under a concurrent wogit gc; retry shortly")
+
+    def _commit(self, tree: str, parents: list[str], actor: str | None, message: str) -> str:
+        """Write a commit: authored by ``actor`` (the registry itself if None), committed by the registry."""
+        data = objects.commit_bytes(tree, parents, _person(actor), _person(), message)
+        return objects.write_object(self.objects_dir, "commit", data, self.fsync)
 
     def _freshen(self, blobs: dict[str, tuple[str, str]]) -> None:
         """Touch the loose objects of a tag's blobs, so a sweep that raced this tag cannot remove them."""
@@ -314,13 +316,12 @@ class Store:
             repo = self.repo
             head = repo.references.get(history)
             parent = repo[head.target] if head is not None else None
-            tree = parent.tree_id if parent is not None else self._kept(repo.TreeBuilder().write)
+            tree = str(parent.tree_id) if parent is not None else self._kept("tree", b"")
             author = repo[found.commit].author
             message = (f"{DELETE_TAG} {tag}\n\ntag_commit: {found.commit}\n"
                        f"map_digest: {found.map_digest}\nconfig_digest: {found.config_digest}\n"
                        f"created: {found.created}\ncreated_by: {author.name} <{author.email}>\n")
-            commit = repo.create_commit(None, _signature(actor), _signature(), message, tree,
-                                        [parent.id] if parent is not None else [])
+            commit = self._commit(tree, [str(parent.id)] if parent is not None else [], actor, message)
             old = str(parent.id) if parent is not None else ZERO_OID
             rules.require(rules.Change(history, old, str(commit)), rules.Change(ref, found.commit, ZERO_OID),
                           view=self._view())
@@ -480,15 +481,14 @@ class Store:
             metadata.check_value(key, value)
         values = {key: value.encode("utf-8") for key, value in items.items()}
         metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
-        blobs = {key: self._kept(lambda value=value: self.repo.create_blob(value)) for key, value in values.items()}
+        blobs = {key: self._kept("blob", value) for key, value in values.items()}
 
-        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
+        def change(entries: dict[str, tuple[int, str]], tree: pygit2.Tree | None) -> tuple[list[str], str]:
             sizes = {entry.name: self.repo.odb.read_header(entry.id)[1] for entry in tree or ()}
             metadata.check_limits({**sizes, **{key: len(value) for key, value in values.items()}})
-            changed = [key for key, oid in blobs.items()
-                       if builder.get(key) is None or builder.get(key).id != oid]
+            changed = [key for key, oid in blobs.items() if entries.get(key) != (rules.BLOB_MODE, oid)]
             for key in changed:
-                builder.insert(key, blobs[key], pygit2.enums.FileMode.BLOB)
+                entries[key] = (rules.BLOB_MODE, blobs[key])
             body = "".join(f"{key}={items[key]}\n" for key in changed)
             return changed, f"set {', '.join(changed)}\n\n{body}"
 
@@ -500,10 +500,10 @@ class Store:
         if not names.is_key(key):
             raise unknown
 
-        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
-            if builder.get(key) is None:
+        def change(entries: dict[str, tuple[int, str]], tree: pygit2.Tree | None) -> tuple[list[str], str]:
+            if key not in entries:
                 raise unknown
-            builder.remove(key)
+            del entries[key]
             return [key], f"delete {key}\n"
 
         self._change_metadata(repository, map, change, actor)
@@ -522,7 +522,7 @@ class Store:
         return None
 
     def _change_metadata(self, repository: str, map: str,
-                         change: Callable[[pygit2.TreeBuilder, pygit2.Tree | None], tuple[list[str], str]],
+                         change: Callable[[dict[str, tuple[int, str]], pygit2.Tree | None], tuple[list[str], str]],
                          actor: str | None = None) -> list[str]:
         """Apply ``change`` to (a builder of) the newest metadata tree as one commit,
         compare-and-swap, retried."""
@@ -532,26 +532,22 @@ class Store:
             repo = self.repo
             ref = repo.references.get(name)
             parent = repo[ref.target] if ref is not None else None
-            builder = repo.TreeBuilder(parent.tree) if parent is not None else repo.TreeBuilder()
-            changed, message = change(builder, parent.tree if parent is not None else None)
+            entries = {e.name: (int(e.filemode), str(e.id)) for e in parent.tree} if parent is not None else {}
+            changed, message = change(entries, parent.tree if parent is not None else None)
             if not changed:
                 return changed
-            commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write),
-                                        [parent.id] if parent is not None else [])
+            commit = self._commit(self._kept("tree", objects.tree_bytes(entries)),
+                                  [str(parent.id)] if parent is not None else [], actor, message)
             old = str(parent.id) if parent is not None else rules.ZERO
-            rules.require(rules.Change(name, old, str(commit)), view=self._view())
-            if ref is None:
-                if not self._create_ref(name, commit):
-                    raise _Contended(name)
-            else:
-                try:
-                    ref.set_target(commit, message.splitlines()[0])
-                except (pygit2.GitError, OSError) as exc:
-                    raise _contention(exc, name) from None
-                self._changed()
+            rules.require(rules.Change(name, old, commit), view=self._view())
+            try:
+                self._update_ref(name, commit, old)
+            except refs.Moved:
+                raise _Contended(name, "moved") from None
             return changed
 
-        return self._retrying(attempt)
+        with self._writing(name):  # this process's writers of one map take turns: no lost races
+            return self._retrying(attempt)
 
     # -- archives ------------------------------------------------------------
 
@@ -603,25 +599,40 @@ class Store:
         out = self._git("for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
         return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
 
-    def _create_ref(self, name: str, target) -> bool:
+    def _create_ref(self, name: str, target: str) -> bool:
         """Atomically create ``name``; False if it already exists.
 
         libgit2 checks that a ref is absent *before* taking its lock, so two
-        processes can both "create" it; ``git update-ref <ref> <new> <zero>``
-        checks under the lock, which makes exactly one creator win.
+        processes could both "create" it; ``wogit.refs`` checks under the lock,
+        which makes exactly one creator win.
         """
         def attempt() -> bool:
-            result = self._git("update-ref", "--no-deref", name, str(target), ZERO_OID, check=False)
-            if result.returncode == 0:
-                self._changed()
-                return True
-            if "reference already exists" in result.stderr:
+            try:
+                self._update_ref(name, target, ZERO_OID)
+            except refs.Moved:
                 return False
-            if "Unable to create" in result.stderr and ".lock" in result.stderr:
-                raise _Contended(name, "locked")
-            raise RuntimeError(f"git update-ref {name} failed: {result.stderr.strip()}")
+            return True
 
         return self._retrying(attempt)
+
+    def _update_ref(self, name: str, new: str, old: str) -> None:
+        """Move ``name`` from ``old`` to ``new`` (compare-and-swap, synced); ``refs.Moved`` if it is
+        elsewhere, ``_Contended`` while another writer holds its lock."""
+        def current() -> str | None:
+            ref = self.repo.references.get(name)  # loose or packed, read under the lock
+            return None if ref is None else str(ref.target)
+
+        try:
+            refs.update(self.path, name, new, old, current, self.fsync)
+        except refs.Locked:
+            raise _Contended(name, "locked") from None
+        self._changed()
+
+    @contextlib.contextmanager
+    def _writing(self, ref: str) -> Iterator[None]:
+        """Hold this process's lock for ``ref`` (one of a fixed set, by the name's hash)."""
+        with self._ref_locks[hash(ref) % len(self._ref_locks)]:
+            yield
 
     def _transaction(self, commands: str, ref: str) -> None:
         """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none."""
@@ -725,15 +736,6 @@ def init(path: str) -> list[str]:
     return done + serverhooks.install(path)
 
 
-_CONTENTION = ("failed to lock", "failed to create locked file", "old reference value does not match")
-
-
-def _contention(exc: Exception, ref: str) -> Exception:
-    """A _Contended for libgit2's "someone else holds or moved this ref", else ``exc`` itself."""
-    text = str(exc)
-    return _Contended(ref, text) if any(sign in text for sign in _CONTENTION) else exc
-
-
 def _break_stale_lock(git_dir: str, ref: str) -> None:
     """Remove ``<ref>.lock`` when it is older than any live writer holds one: a crash left it.
 
@@ -762,11 +764,12 @@ def _break_stale_lock(git_dir: str, ref: str) -> None:
     os.unlink(aside)
 
 
-def _signature(actor: str | None = None) -> pygit2.Signature:
-    """The registry's own identity, or (as a commit's author) the user who asked for the change."""
+def _person(actor: str | None = None) -> tuple[str, str, int]:
+    """The registry's own identity, or (as a commit's author) the user who asked for the change:
+    name, email and the time now."""
     if actor is None:
-        return pygit2.Signature(*IDENTITY, int(time.time()), 0)
-    return pygit2.Signature(urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time()), 0)
+        return (*IDENTITY, int(time.time()))
+    return urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time())
 
 
 def _iso(seconds: int) -> str:
