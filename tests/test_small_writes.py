@@ -115,3 +115,50 @@ def test_packed_refs_are_seen_and_moved(repo):
     assert refs(repo) == {name: two}
     git(repo, "pack-refs", "--all", "--prune")
     assert refs(repo) == {name: two}
+
+
+def test_metadata_writers_of_one_map_each_get_their_commit(fresh_server):
+    """Concurrent changes of one map are committed in turns, several per turn: each its own
+    commit in one linear history, and a change that fails (a key deleted meanwhile) fails alone."""
+    import threading
+
+    import requests
+    from test_concurrency import assert_linear
+
+    server = fresh_server()
+    server.push("group/m/v1")
+    assert requests.put(f"{server.url}/group/m/metadata", data="gone=1").status_code == 200
+    writers, deleters = 24, 8
+    barrier = threading.Barrier(writers + deleters)
+    replies: dict[str, requests.Response] = {}
+
+    def send(i: int) -> None:
+        barrier.wait(timeout=30)
+        if i < writers:
+            replies[f"k{i}"] = requests.put(f"{server.url}/group/m/metadata", data=f"k{i}=v{i}")
+        else:
+            replies[f"d{i}"] = requests.delete(f"{server.url}/group/m/metadata/gone")
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(writers + deleters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(writers):
+        assert (replies[f"k{i}"].status_code, replies[f"k{i}"].json()) == (200, {"set": [f"k{i}"], "ignored": []})
+    deleted = [r for key, r in replies.items() if key.startswith("d") and r.status_code == 200]
+    refused = [r for key, r in replies.items() if key.startswith("d") and r.status_code != 200]
+    assert len(deleted) == 1 and deleted[0].json() == {"deleted": "gone"}
+    assert [(r.status_code, r.json()["msg"]) for r in refused] == [
+        (404, "map group/m has no metadata key 'gone'")] * (deleters - 1)
+    ref = "refs/wo/_metadata/group/m"
+    assert_linear(server.data, ref, 1 + writers + 1)
+    messages = git(server.data, "log", "--format=%B%x00", ref).stdout.split("\0")[:-1]
+    assert sorted(m.strip("\n") for m in messages) == sorted(
+        ["set gone\n\ngone=1", "delete gone"] + [f"set k{i}\n\nk{i}=v{i}" for i in range(writers)])
+    listing = git(server.data, "ls-tree", ref).stdout
+    assert sorted(line.split("\t")[1] for line in listing.splitlines()) == sorted(f"k{i}" for i in range(writers))
+    assert requests.get(f"{server.url}/group/m/metadata").text == "".join(
+        f"k{i}=v{i}\n" for i in sorted(range(writers), key=lambda i: f"k{i}"))
+    fsck(server.data)
+    assert not [name for name in os.listdir(server.data / "objects") if name.startswith("tmp_")]

@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 CHUNK = 1 << 20
@@ -153,29 +155,92 @@ def _unlink(path: str) -> None:
 TREE_MODE = 0o40000
 
 
-def write_object(objects_dir: str, kind: str, data: bytes, fsync: bool = True) -> str:
-    """Store a small object (``blob``, ``tree``, ``commit``) as a loose object; return its id.
+@dataclass(frozen=True)
+class Prepared:
+    """A small object ready to be installed: its id, and its temporary file (None if it is stored)."""
+    oid: str
+    tmp: str | None
 
-    The same temp file, fsync and rename as ``write_blob``: libgit2 would fsync too, but
-    while holding the GIL, stopping every other request of the process for each sync.  An
-    object whose loose file is already there is not written again.
-    """
+
+def prepare_object(objects_dir: str, kind: str, data: bytes) -> Prepared:
+    """Write a small object (``blob``, ``tree``, ``commit``) to a temporary file, not yet synced
+    nor visible (``install`` does both); one whose loose file is there already is not written."""
     raw = b"%s %d\0" % (kind.encode(), len(data)) + data
     oid = hashlib.sha1(raw).hexdigest()
     if os.path.exists(os.path.join(objects_dir, oid[:2], oid[2:])):
-        return oid
+        return Prepared(oid, None)
     fd, tmp = _temp(objects_dir, "tmp_obj_")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(zlib.compress(raw, 1))
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-        _install(objects_dir, tmp, oid, fsync)
-        return oid
     except BaseException:
         _unlink(tmp)
         raise
+    return Prepared(oid, tmp)
+
+
+def install(objects_dir: str, prepared: list[Prepared], fsync: bool = True) -> None:
+    """Make prepared objects durable and visible: every file fsync'd, then renamed into place,
+    then every directory fsync'd.  The syncs run side by side, so the file system commits them
+    together, and no thread holds the GIL while they wait (libgit2 would: every other request
+    of the process would stop for each sync).  On failure no prepared file is left behind."""
+    new = [p for p in prepared if p.tmp is not None]
+    try:
+        if fsync:
+            _side_by_side(_fsync_file, [p.tmp for p in new])
+        fans = set()
+        for p in new:
+            fan = os.path.join(objects_dir, p.oid[:2])
+            if not os.path.isdir(fan):
+                os.makedirs(fan, exist_ok=True)
+                if fsync:
+                    fsync_dir(objects_dir)
+            os.chmod(p.tmp, 0o444)
+            os.replace(p.tmp, os.path.join(fan, p.oid[2:]))
+            fans.add(fan)
+        if fsync:
+            _side_by_side(fsync_dir, sorted(fans))
+    except BaseException:
+        discard(new)
+        raise
+
+
+def discard(prepared: list[Prepared]) -> None:
+    """Remove the temporary files of objects that will not be installed."""
+    for p in prepared:
+        if p.tmp is not None:
+            _unlink(p.tmp)
+
+
+def write_object(objects_dir: str, kind: str, data: bytes, fsync: bool = True) -> str:
+    """Store one small object now; return its id."""
+    prepared = prepare_object(objects_dir, kind, data)
+    install(objects_dir, [prepared], fsync)
+    return prepared.oid
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SYNCERS: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
+
+
+def _side_by_side(sync: Callable[[str], None], paths: list[str]) -> None:
+    """``sync(path)`` for every path, at the same time (a pool of threads of this process)."""
+    global _SYNCERS
+    if len(paths) < 2:
+        for path in paths:
+            sync(path)
+        return
+    if _SYNCERS is None or _SYNCERS[0] != os.getpid():  # none yet, or made before a fork
+        _SYNCERS = (os.getpid(), ThreadPoolExecutor(max_workers=16, thread_name_prefix="wogit-fsync"))
+    for _ in _SYNCERS[1].map(sync, paths):  # re-raises the first failure
+        pass
 
 
 def tree_bytes(entries: dict[str, tuple[int, str]]) -> bytes:

@@ -101,6 +101,22 @@ class Archive:
     chunks: Callable[[], Iterator[bytes]]
 
 
+#: A change of a map's metadata: edits the entries (name -> (mode, id)) in place, given the size
+#: of any blob by its id; returns the keys it changed and the commit message.
+_MetadataChange = Callable[[dict[str, tuple[int, str]], Callable[[str], int]], tuple[list[str], str]]
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A metadata change waiting for its map's turn (Store._change_metadata)."""
+    change: _MetadataChange
+    actor: str | None
+    blobs: list[objects.Prepared]  # the values it sets, written but not yet synced
+    sizes: dict[str, int]  # their sizes, by id
+    done: bool = False
+    outcome: list[str] | BaseException | None = None
+
+
 class _Contended(Exception):
     """A ref was locked or moved under us: try again."""
 
@@ -118,6 +134,8 @@ class Store:
         self.hook_timeout = hook_timeout
         self._local = threading.local()
         self._ref_locks = [threading.Lock() for _ in range(64)]  # Store._writing
+        self._queue_lock = threading.Lock()
+        self._queued: dict[str, list[_Queued]] = {}  # metadata changes waiting for their map's turn
         self._secret: bytes | None = None  # the upload proofs' key (wogit.uploadSecret)
         self.listeners: list[Callable[[], None]] = []  # told after every ref change (replication)
         pygit2.settings.enable_fsync_gitdir(fsync)
@@ -233,10 +251,12 @@ class Store:
         blobs = {names.MAP: (map_digest, self._require_blob(names.MAP, map_digest, "map_digest")),
                  names.CONFIG: (config_digest, self._require_blob(names.CONFIG, config_digest, "config_digest"))}
         self._freshen(blobs)  # before gc could decide they are old and unused (wogit.maintenance)
-        tree = self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid) for kind, (_, oid) in blobs.items()}))
+        tree = self._prepare("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid) for kind, (_, oid) in blobs.items()}))
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        commit = self._commit(tree, [], actor, message)
+        prepared = self._prepare("commit", objects.commit_bytes(tree.oid, [], _person(actor), _person(), message))
+        objects.install(self.objects_dir, [tree, prepared], self.fsync)  # synced together
+        commit = prepared.oid
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
@@ -247,13 +267,20 @@ class Store:
         return self.get_tag(repository, map, tag)
 
     def _kept(self, kind: str, data: bytes) -> str:
-        """Write an object (it may exist already, unreachable and old) so that ``git prune`` keeps
-        it until a ref reaches it: touched now, younger than any grace period (prune checks the
-        time as it removes a file); one pruned meanwhile is written again."""
+        """Write an object now (``_prepare``, then synced and in place); return its id."""
+        prepared = self._prepare(kind, data)
+        objects.install(self.objects_dir, [prepared], self.fsync)
+        return prepared.oid
+
+    def _prepare(self, kind: str, data: bytes) -> objects.Prepared:
+        """An object to write (``objects.install`` syncs it), so that ``git prune`` keeps it until a
+        ref reaches it: one stored already (unreachable and old, maybe) is touched now, younger than
+        any grace period (prune checks the time as it removes a file); one pruned meanwhile is
+        written again."""
         for _ in range(3):
-            oid = objects.write_object(self.objects_dir, kind, data, self.fsync)
-            if self._touch(oid):
-                return oid
+            prepared = objects.prepare_object(self.objects_dir, kind, data)
+            if prepared.tmp is not None or self._touch(prepared.oid):
+                return prepared
         raise errors.UNAVAILABLE("objects kept disappearing under a concurrent wogit gc; retry shortly")
 
     def _commit(self, tree: str, parents: list[str], actor: str | None, message: str) -> str:
@@ -481,10 +508,11 @@ class Store:
             metadata.check_value(key, value)
         values = {key: value.encode("utf-8") for key, value in items.items()}
         metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
-        blobs = {key: self._kept("blob", value) for key, value in values.items()}
+        prepared = {key: self._prepare("blob", value) for key, value in values.items()}  # synced with the commit
+        blobs = {key: p.oid for key, p in prepared.items()}
 
-        def change(entries: dict[str, tuple[int, str]], tree: pygit2.Tree | None) -> tuple[list[str], str]:
-            sizes = {entry.name: self.repo.odb.read_header(entry.id)[1] for entry in tree or ()}
+        def change(entries: dict[str, tuple[int, str]], size: Callable[[str], int]) -> tuple[list[str], str]:
+            sizes = {key: size(oid) for key, (_, oid) in entries.items()}
             metadata.check_limits({**sizes, **{key: len(value) for key, value in values.items()}})
             changed = [key for key, oid in blobs.items() if entries.get(key) != (rules.BLOB_MODE, oid)]
             for key in changed:
@@ -492,7 +520,8 @@ class Store:
             body = "".join(f"{key}={items[key]}\n" for key in changed)
             return changed, f"set {', '.join(changed)}\n\n{body}"
 
-        return self._change_metadata(repository, map, change, actor)
+        sizes = {blobs[key]: len(value) for key, value in values.items()}
+        return self._change_metadata(repository, map, change, actor, list(prepared.values()), sizes)
 
     def delete_metadata(self, repository: str, map: str, key: str, actor: str | None = None) -> None:
         self.require_map(repository, map)
@@ -500,7 +529,7 @@ class Store:
         if not names.is_key(key):
             raise unknown
 
-        def change(entries: dict[str, tuple[int, str]], tree: pygit2.Tree | None) -> tuple[list[str], str]:
+        def change(entries: dict[str, tuple[int, str]], size: Callable[[str], int]) -> tuple[list[str], str]:
             if key not in entries:
                 raise unknown
             del entries[key]
@@ -521,33 +550,76 @@ class Store:
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
         return None
 
-    def _change_metadata(self, repository: str, map: str,
-                         change: Callable[[dict[str, tuple[int, str]], pygit2.Tree | None], tuple[list[str], str]],
-                         actor: str | None = None) -> list[str]:
-        """Apply ``change`` to (a builder of) the newest metadata tree as one commit,
-        compare-and-swap, retried."""
+    def _change_metadata(self, repository: str, map: str, change: _MetadataChange, actor: str | None = None,
+                         blobs: list[objects.Prepared] = (), sizes: dict[str, int] | None = None) -> list[str]:
+        """Apply ``change`` to the newest metadata as one commit, compare-and-swap, retried.
+
+        The writers of one map in this process take turns; whoever's turn it is commits every
+        change queued for the map meanwhile (group commit): one commit each, in the order they
+        came, synced together and published with one compare-and-swap of the ref.  A change
+        that fails (a key to delete that is gone, limits) fails alone."""
         name = names.metadata_ref(repository, map)
+        mine = _Queued(change, actor, list(blobs), sizes or {})
+        with self._queue_lock:
+            self._queued.setdefault(name, []).append(mine)
+        with self._writing(name):
+            if not mine.done:
+                with self._queue_lock:
+                    batch = self._queued.pop(name)
+                try:
+                    for queued, outcome in self._retrying(lambda: self._commit_changes(name, batch)).items():
+                        queued.outcome = outcome
+                except BaseException as exc:  # the whole batch failed (UNAVAILABLE, RULE_BROKEN...)
+                    for queued in batch:
+                        queued.outcome = exc
+                finally:
+                    for queued in batch:
+                        queued.done = True
+                        objects.discard(queued.blobs)  # left over if its change failed
+        if isinstance(mine.outcome, BaseException):
+            raise mine.outcome
+        return mine.outcome
 
-        def attempt() -> list[str]:
-            repo = self.repo
-            ref = repo.references.get(name)
-            parent = repo[ref.target] if ref is not None else None
-            entries = {e.name: (int(e.filemode), str(e.id)) for e in parent.tree} if parent is not None else {}
-            changed, message = change(entries, parent.tree if parent is not None else None)
-            if not changed:
-                return changed
-            commit = self._commit(self._kept("tree", objects.tree_bytes(entries)),
-                                  [str(parent.id)] if parent is not None else [], actor, message)
-            old = str(parent.id) if parent is not None else rules.ZERO
-            rules.require(rules.Change(name, old, commit), view=self._view())
+    def _commit_changes(self, name: str, batch: list[_Queued]) -> dict[_Queued, list[str] | BaseException]:
+        """One attempt: a commit for each change of ``batch`` on the ref's current commit."""
+        repo = self.repo
+        ref = repo.references.get(name)
+        parent = repo[ref.target] if ref is not None else None
+        entries = {e.name: (int(e.filemode), str(e.id)) for e in parent.tree} if parent is not None else {}
+        old = str(parent.id) if parent is not None else rules.ZERO
+        head, written, outcomes = old, [], {}
+        sizes = {oid: size for queued in batch for oid, size in queued.sizes.items()}
+
+        def size(oid: str) -> int:
+            return sizes[oid] if oid in sizes else repo.odb.read_header(oid)[1]
+
+        for queued in batch:
+            after = dict(entries)
             try:
-                self._update_ref(name, commit, old)
-            except refs.Moved:
-                raise _Contended(name, "moved") from None
-            return changed
-
-        with self._writing(name):  # this process's writers of one map take turns: no lost races
-            return self._retrying(attempt)
+                changed, message = queued.change(after, size)
+            except errors.WogitError as exc:
+                outcomes[queued] = exc
+                continue
+            outcomes[queued] = changed
+            if not changed:
+                continue
+            tree = self._prepare("tree", objects.tree_bytes(after))
+            commit = self._prepare("commit", objects.commit_bytes(
+                tree.oid, [head] if head != rules.ZERO else [], _person(queued.actor), _person(), message))
+            written += [*queued.blobs, tree, commit]
+            entries, head = after, commit.oid
+        if head == old:
+            return outcomes
+        objects.install(self.objects_dir, written, self.fsync)
+        for queued in batch:  # stored now, whatever happens next (a retry commits them again)
+            if queued in outcomes and not isinstance(outcomes[queued], BaseException) and outcomes[queued]:
+                queued.blobs = []
+        rules.require(rules.Change(name, old, head), view=self._view())
+        try:
+            self._update_ref(name, head, old)
+        except refs.Moved:
+            raise _Contended(name, "moved") from None
+        return outcomes
 
     # -- archives ------------------------------------------------------------
 
