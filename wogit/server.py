@@ -254,6 +254,9 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
+    # cheroot closes a connection after its answer once 10 others wait idle for their next
+    # request: with more clients than that, keep-alive would end in a reconnect per request.
+    server.keep_alive_conn_limit = settings.max_idle_connections
     server.ConnectionClass = _Connection
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):

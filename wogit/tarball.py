@@ -10,6 +10,7 @@ already compressed are not squeezed again.
 
 from __future__ import annotations
 
+import functools
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ class Member:
     chunks: Iterable[bytes]
 
 
+@functools.lru_cache(maxsize=4096)  # the same tag's members, again and again: built once
 def header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size

@@ -29,6 +29,10 @@ def make(listener=None):
     server = Server(("127.0.0.1", 0), app, numthreads=threads, timeout=30.0, shutdown_timeout=30.0,
                     accepted_queue_timeout=1.0, request_queue_size=256)
     server.listener = listener
+    # wogit's max_idle_connections (256); KA_LIMIT=default keeps cheroot's own 10
+    ka = os.environ.get("KA_LIMIT", "256")
+    if ka != "default":
+        server.keep_alive_conn_limit = None if ka == "none" else int(ka)
     server.prepare()
     return server
 
