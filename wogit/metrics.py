@@ -40,13 +40,21 @@ class Metrics:
         self.bytes_out = Counter("wogit_http_response_body_bytes", "Response body bytes sent", by_route,
                                  registry=self.registry)
         self.registry.register(_Holdings(counts, counts_seconds))
+        self._series: dict[tuple[str, str, str], tuple] = {}
 
     def observe(self, route: str, method: str, status: str, seconds: float, bytes_in: int, bytes_out: int) -> None:
         method = method if method in METHODS else "OTHER"
-        self.requests.labels(route, method, status).inc()
-        self.latency.labels(route, method).observe(seconds)
-        self.bytes_in.labels(route, method).inc(bytes_in)
-        self.bytes_out.labels(route, method).inc(bytes_out)
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:  # labels are bounded (routes, methods, statuses): one lookup each, kept
+            series = self._series[key] = (self.requests.labels(route, method, status),
+                                          self.latency.labels(route, method), self.bytes_in.labels(route, method),
+                                          self.bytes_out.labels(route, method))
+        requests, latency, read, sent = series
+        requests.inc()
+        latency.observe(seconds)
+        read.inc(bytes_in)
+        sent.inc(bytes_out)
 
     def render(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type."""

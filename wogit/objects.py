@@ -26,6 +26,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol
 
 from isal import isal_zlib
@@ -370,6 +371,117 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# -- small objects: trees, commits, metadata values -------------------------------------------
+
+TREE_MODE = 0o40000
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A small object ready to be installed: its id, and its temporary file (None if it is stored)."""
+    oid: str
+    tmp: str | None
+
+
+def prepare_object(objects_dir: str, kind: str, data: bytes) -> Prepared:
+    """Write a small object (``blob``, ``tree``, ``commit``) to a temporary file, not yet synced
+    nor visible (``install`` does both); one whose loose file is there already is not written."""
+    raw = b"%s %d\0" % (kind.encode(), len(data)) + data
+    oid = hashlib.sha1(raw).hexdigest()
+    if os.path.exists(os.path.join(objects_dir, oid[:2], oid[2:])):
+        return Prepared(oid, None)
+    fd, tmp = _temp(objects_dir, "tmp_obj_")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(zlib.compress(raw, 1))
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return Prepared(oid, tmp)
+
+
+def install(objects_dir: str, prepared: list[Prepared], fsync: bool = True) -> None:
+    """Make prepared objects durable and visible: every file fsync'd, then renamed into place,
+    then every directory fsync'd.  The syncs run side by side, so the file system commits them
+    together, and no thread holds the GIL while they wait (libgit2 would: every other request
+    of the process would stop for each sync).  On failure no prepared file is left behind."""
+    new = [p for p in prepared if p.tmp is not None]
+    try:
+        if fsync:
+            _side_by_side(_fsync_file, [p.tmp for p in new])
+        fans = set()
+        for p in new:
+            fan = os.path.join(objects_dir, p.oid[:2])
+            if not os.path.isdir(fan):
+                os.makedirs(fan, exist_ok=True)
+                if fsync:
+                    fsync_dir(objects_dir)
+            os.chmod(p.tmp, 0o444)
+            os.replace(p.tmp, os.path.join(fan, p.oid[2:]))
+            fans.add(fan)
+        if fsync:
+            _side_by_side(fsync_dir, sorted(fans))
+    except BaseException:
+        discard(new)
+        raise
+
+
+def discard(prepared: list[Prepared]) -> None:
+    """Remove the temporary files of objects that will not be installed."""
+    for p in prepared:
+        if p.tmp is not None:
+            _unlink(p.tmp)
+
+
+def write_object(objects_dir: str, kind: str, data: bytes, fsync: bool = True) -> str:
+    """Store one small object now; return its id."""
+    prepared = prepare_object(objects_dir, kind, data)
+    install(objects_dir, [prepared], fsync)
+    return prepared.oid
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SYNCERS: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the pool)
+
+
+def _side_by_side(sync: Callable[[str], None], paths: list[str]) -> None:
+    """``sync(path)`` for every path, at the same time (a pool of threads of this process)."""
+    global _SYNCERS
+    if len(paths) < 2:
+        for path in paths:
+            sync(path)
+        return
+    if _SYNCERS is None or _SYNCERS[0] != os.getpid():  # none yet, or made before a fork
+        _SYNCERS = (os.getpid(), ThreadPoolExecutor(max_workers=16, thread_name_prefix="wogit-fsync"))
+    for _ in _SYNCERS[1].map(sync, paths):  # re-raises the first failure
+        pass
+
+
+def tree_bytes(entries: dict[str, tuple[int, str]]) -> bytes:
+    """A tree object's content: ``name -> (mode, hex id)``, in git's order (a tree sorts as if
+    its name ended in ``/``)."""
+    def order(name: str) -> bytes:
+        return name.encode() + (b"/" if entries[name][0] == TREE_MODE else b"")
+
+    return b"".join(b"%o %s\0" % (entries[name][0], name.encode()) + bytes.fromhex(entries[name][1])
+                    for name in sorted(entries, key=order))
+
+
+def commit_bytes(tree: str, parents: list[str], author: tuple[str, str, int],
+                 committer: tuple[str, str, int], message: str) -> bytes:
+    """A commit object's content; ``author`` and ``committer`` are (name, email, unix time), in UTC."""
+    lines = [f"tree {tree}", *(f"parent {parent}" for parent in parents),
+             "author %s <%s> %d +0000" % author, "committer %s <%s> %d +0000" % committer]
+    return ("\n".join(lines) + "\n\n" + message).encode("utf-8")
 
 
 def read_blob(git_dir: str, oid: str) -> tuple[int, Iterator[bytes]]:

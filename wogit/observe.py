@@ -12,6 +12,7 @@ ASCII), so no request can split a line or forge one; in JSON, ``json.dumps`` esc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -32,12 +33,14 @@ def request_id(supplied: str | None) -> str:
     return supplied if supplied is not None and _SANE_ID.fullmatch(supplied) else uuid.uuid4().hex
 
 
+@functools.lru_cache(maxsize=256)  # one entry per route
 def _rule(rule: str) -> str:
     """A route's rule as a label: ``<name:filter>`` written ``<name>``."""
     return _FILTER.sub(r"<\1>", rule)
 
 
 _FILTER = re.compile(r"<(\w+):[^>]*>")
+_PRINTABLE = re.compile(r"[!-$&-~]*")  # printable ASCII but '%': logged as it is
 
 
 def observed(app, metrics: Metrics):
@@ -82,6 +85,8 @@ def _log_line(address: str, user: str | None, method: str, path: str, status: st
 
 def _printable(text: str) -> str:
     """``text`` (WSGI latin-1) with every byte that is not printable ASCII, and '%', %-escaped."""
+    if _PRINTABLE.fullmatch(text):
+        return text
     return "".join(ch if "!" <= ch <= "~" and ch != "%" else f"%{ord(ch):02X}"
                    for ch in text.encode("latin-1", "replace").decode("latin-1"))
 
@@ -165,3 +170,7 @@ def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # No line shows the caller, thread or process: logging need not look them up for every
+    # record (the optimisations the logging docs list; an access line is logged per request).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

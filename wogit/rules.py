@@ -216,9 +216,7 @@ def _check_metadata(change: Change, name: names.MetadataName, view: View, after:
     if change.new == ZERO:
         raise _Broken("a map's metadata history cannot be deleted")
     _object(view, change.new, "commit", "metadata")
-    prefix = names.tags_prefix(name.repository, name.map)
-    tags = {ref for ref, oid in view.refs(prefix).items()} | {ref for ref in after if ref.startswith(prefix)}
-    if change.old == ZERO and not any(after.get(ref, "x") != ZERO for ref in tags) and not any(
+    if change.old == ZERO and not _has_tag(name, view, after) and not any(
             view.commit(oid).message.startswith(DELETE_TAG + " ") for oid in view.new_commits(ZERO, change.new)):
         raise _Broken(f"map {name.repository}/{name.map} has no tag: a metadata history starts on a tagged "
                       "map (or records the deletion of its tags)")
@@ -233,6 +231,14 @@ def _check_metadata(change: Change, name: names.MetadataName, view: View, after:
             _check_metadata_tree(view.tree(commit.tree), known, view)
         except _Broken as broken:
             raise _Broken(f"commit {oid}: {broken}") from None
+
+
+def _has_tag(name: names.MetadataName, view: View, after: dict[str, str]) -> bool:
+    """Whether the map has a tag once the changes are made (lists the map's tags: only asked
+    when its metadata history starts)."""
+    prefix = names.tags_prefix(name.repository, name.map)
+    tags = set(view.refs(prefix)) | {ref for ref in after if ref.startswith(prefix)}
+    return any(after.get(ref, "x") != ZERO for ref in tags)
 
 
 def _check_metadata_tree(entries: list[Entry], known: set[Entry], view: View) -> None:
@@ -417,4 +423,5 @@ class Pygit2View:
         return commits
 
     def is_ancestor(self, old: str, new: str) -> bool:
-        return old == new or self.repo.descendant_of(new, old)
+        # The API's own change is one commit on the current one: its parent, no graph walk.
+        return old == new or old in {str(p) for p in self.repo[new].parent_ids} or self.repo.descendant_of(new, old)

@@ -28,6 +28,7 @@ from wogit.observe import configure_logging, observed, request_id
 from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
 from wogit.settings import Settings
 from wogit.store import Store
+from wogit.store import init as init_store
 
 log = logging.getLogger("wogit")
 
@@ -174,6 +175,22 @@ class _Server(wsgi.Server):
     the selector, like a kept-alive one, and is closed there after ``timeout``.
     """
 
+    listener: socket.socket | None = None  # a listening socket to serve instead of binding one
+
+    def bind(self, family, type, proto=0):
+        if self.listener is None:
+            return super().bind(family, type, proto)
+        self.socket = self.listener
+        self.bind_addr = self.resolve_real_bind_addr(self.listener)
+        return self.socket
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.listener is not None:
+            # Shared with other workers: one that loses the race for a connection must not
+            # wait in accept() (with a timeout, Python waits for the next one).
+            self.socket.setblocking(False)
+
     def process_conn(self, conn) -> None:
         if not getattr(conn, "wogit_waited", False):
             conn.wogit_waited = True
@@ -240,6 +257,9 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
+    # cheroot closes a connection after its answer once 10 others wait idle for their next
+    # request: with more clients than that, keep-alive would end in a reconnect per request.
+    server.keep_alive_conn_limit = settings.max_idle_connections
     server.ConnectionClass = _Connection
     server.gateway = sendfile.Gateway  # file bodies go out with sendfile(2)
     store.cache.bound = settings.download_cache_size
@@ -255,12 +275,33 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
 
 
 def serve(settings: Settings, policy: Policy | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then finish the requests in flight and return."""
+    """Serve until SIGTERM or SIGINT, then finish the requests in flight and return.
+
+    With ``settings.workers`` above 1, that many forked processes serve one listening
+    socket (bound here, before the fork, so the port is taken once and ``--port 0`` means
+    one port for all); see ``_serve_workers``.
+    """
     configure_logging(settings.log_format)
+    if settings.workers < 1:
+        raise SystemExit(f"wogit: workers must be at least 1, not {settings.workers}")
     gate = build_gate(settings, policy)
+    if settings.workers == 1:
+        return _serve_one(settings, gate)
+    if settings.replica_of or settings.push_mirrors:
+        raise SystemExit("wogit: a replica (--replica-of) and push mirrors (--push-mirror) run in one process: "
+                         "they need --workers 1")
+    return _serve_workers(settings, gate)
+
+
+def _serve_one(settings: Settings, gate: Gate, listener: socket.socket | None = None,
+               ready: int | None = None) -> int:
+    """Serve in this process; as a worker, on the ``listener`` socket, writing to the
+    ``ready`` pipe once it can serve (the parent prints the ready line and the shutdown)."""
+    worker = ready is not None
     store = Store(settings.data, fsync=settings.fsync, hook_timeout=settings.hook_timeout)
     replication = build_replication(settings, store.path)
     server = build_server(settings, store, gate, replication)
+    server.listener = listener
     try:
         server.prepare()
     except OSError as exc:
@@ -273,27 +314,162 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     replication.start()
-    host, port = server.bind_addr[:2]
-    scheme = "https" if server.ssl_adapter else "http"
-    _say(f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}", sys.stdout)
-    if not gate.policy.requires_auth:
-        may = "read (writes go to the primary)" if replication.replica else "read and write"
-        log.warning("no user file: the registry is OPEN, anyone who can connect may %s "
-                    "(wogit serve --auth-file FILE or --config FILE to require logins)", may)
-    worker = threading.Thread(target=server.serve, name="wogit-serve")
-    worker.start()
+    if worker:
+        os.write(ready, b"ready\n")
+        os.close(ready)
+    else:
+        _say(_ready_line(settings, server.bind_addr), sys.stdout)
+        _warn_if_open(gate, replication)
+    thread = threading.Thread(target=server.serve, name="wogit-serve")
+    thread.start()
     while not stopping.wait(0.5):
-        if not worker.is_alive():
+        if not thread.is_alive():
             log.error("the server loop stopped unexpectedly")
             return 1
+    if not worker:
+        _say_shutting_down(settings)
+    server.stop()
+    thread.join()
+    replication.stop()
+    return 0
+
+
+def _ready_line(settings: Settings, address: tuple, workers: int = 1) -> str:
+    host, port = address[:2]
+    scheme = "https" if settings.tls_cert else "http"
+    processes = f" with {workers} workers" if workers > 1 else ""
+    return f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}{processes}"
+
+
+def _warn_if_open(gate: Gate, replication: Replication | None) -> None:
+    if not gate.policy.requires_auth:
+        may = "read (writes go to the primary)" if replication is not None and replication.replica else "read and write"
+        log.warning("no user file: the registry is OPEN, anyone who can connect may %s "
+                    "(wogit serve --auth-file FILE or --config FILE to require logins)", may)
+
+
+def _say_shutting_down(settings: Settings) -> None:
     if settings.log_format == "json":  # every line of a JSON log is an object
         log.info("shutting down, finishing requests in flight")
     else:
         _say("wogit: shutting down, finishing requests in flight", sys.stderr)
-    server.stop()
-    worker.join()
-    replication.stop()
-    return 0
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The listening socket the workers share, made as cheroot makes its own."""
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"wogit: cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    problem: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        try:
+            sock = cheroot_server.HTTPServer.prepare_socket(address, family, kind, proto, True, None)
+            sock.bind(address)
+        except OSError as exc:
+            problem = exc
+            continue
+        sock.listen(settings.backlog)
+        sock.set_inheritable(True)
+        return sock
+    raise SystemExit(f"wogit: cannot listen on {settings.host}:{settings.port}: "
+                     f"{problem.args[0] if problem and problem.args else problem} "
+                     "(another server there? --port 0 picks a free one)")
+
+
+def _serve_workers(settings: Settings, gate: Gate) -> int:
+    """Serve from ``settings.workers`` forked processes sharing one listening socket.
+
+    The kernel hands each new connection to whichever worker accepts it first (an idle
+    one, mostly); a connection stays with its worker.  The ready line is printed once every
+    worker can serve.  SIGTERM or SIGINT is passed to every worker, each finishes its
+    requests in flight, and the parent returns once all have exited.  A worker that dies
+    otherwise is logged, the others are stopped, and the parent returns 1: a supervisor
+    restarts the whole service (a registry half up would hide the failure).
+    """
+    init_store(settings.data)  # once, before the workers open it
+    listener = _listen(settings)
+    children: dict[int, int] = {}  # pid -> the read end of its ready pipe
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    for _ in range(settings.workers):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read)
+            for other in children.values():
+                os.close(other)
+            code = 1
+            try:
+                _die_with_parent()
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, signal.SIG_DFL)
+                code = _serve_one(settings, gate, listener, write)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                if not isinstance(exc.code, int) and exc.code is not None:
+                    _say(str(exc.code), sys.stderr)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(write)
+        children[pid] = read
+    address = listener.getsockname()
+    listener.close()  # the workers hold it
+    for pid, read in children.items():
+        with os.fdopen(read, "rb") as pipe:
+            if pipe.readline() != b"ready\n":
+                log.error("worker %d could not start", pid)
+                return _stop_workers(children, failed=True)
+    _say(_ready_line(settings, address, settings.workers), sys.stdout)
+    _warn_if_open(gate, None)
+    while not stopping.wait(0.2):
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                del children[pid]
+                log.error("worker %d exited unexpectedly (%s); stopping the other workers", pid, _status(status))
+                return _stop_workers(children, failed=True)
+    _say_shutting_down(settings)
+    return _stop_workers(children, failed=False)
+
+
+def _stop_workers(children: dict[int, int], failed: bool) -> int:
+    """SIGTERM to every worker still running, then wait for each; 0 if all stopped cleanly."""
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    code = 1 if failed else 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("worker %d: %s", pid, _status(status))
+            code = 1
+    return code
+
+
+def _status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the parent dies, even by SIGKILL (no orphans)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _say(line: str, stream) -> None:

@@ -20,7 +20,9 @@ class Settings:
     max_config_size: int = 16 * MiB
     max_body_size: int = 1 * MiB  # tag JSON and metadata bodies
     threads: int = 32
+    workers: int = 1  # processes serving the port (forked, sharing one listening socket)
     backlog: int = 256  # connections the kernel queues before the server accepts them
+    max_idle_connections: int = 256  # kept-alive connections waiting for their next request; more are closed
     timeout: float = 30.0  # seconds a connection may sit idle mid-request
     shutdown_timeout: float = 30.0  # seconds to finish requests in flight on SIGTERM
     max_header_size: int = 64 * KiB

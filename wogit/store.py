@@ -14,6 +14,7 @@ returns.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import logging
 import os
@@ -102,6 +103,22 @@ class Archive:
     open: Callable[[], Body]  # the tarball's bytes; closing the body unread costs nothing more
 
 
+#: A change of a map's metadata: edits the entries (name -> (mode, id)) in place, given the size
+#: of any blob by its id; returns the keys it changed and the commit message.
+_MetadataChange = Callable[[dict[str, tuple[int, str]], Callable[[str], int]], tuple[list[str], str]]
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A metadata change waiting for its map's turn (Store._change_metadata)."""
+    change: _MetadataChange
+    actor: str | None
+    blobs: list[objects.Prepared]  # the values it sets, written but not yet synced
+    sizes: dict[str, int]  # their sizes, by id
+    done: bool = False
+    outcome: list[str] | BaseException | None = None
+
+
 class _Contended(Exception):
     """A ref was locked or moved under us: try again."""
 
@@ -119,6 +136,9 @@ class Store:
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
         self._local = threading.local()
+        self._ref_locks = [threading.Lock() for _ in range(64)]  # Store._writing
+        self._queue_lock = threading.Lock()
+        self._queued: dict[str, list[_Queued]] = {}  # metadata changes waiting for their map's turn
         self._secret: bytes | None = None  # the upload proofs' key (wogit.uploadSecret)
         self.listeners: list[Callable[[], None]] = []  # told after every ref change (replication)
         pygit2.settings.enable_fsync_gitdir(fsync)
@@ -183,11 +203,9 @@ class Store:
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
 
-    def _index_tree(self, kind: str, oid: str) -> pygit2.Oid:
+    def _index_tree(self, kind: str, oid: str) -> str:
         """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
-        builder = self.repo.TreeBuilder()
-        builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
-        return self._kept(builder.write)
+        return self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid)}))
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -239,13 +257,12 @@ class Store:
         blobs = {names.MAP: (map_digest, self._require_blob(names.MAP, map_digest, "map_digest")),
                  names.CONFIG: (config_digest, self._require_blob(names.CONFIG, config_digest, "config_digest"))}
         self._freshen(blobs)  # before gc could decide they are old and unused (wogit.maintenance)
-        repo = self.repo
-        builder = repo.TreeBuilder()
-        for kind, (_, oid) in sorted(blobs.items()):
-            builder.insert(kind, pygit2.Oid(hex=oid), pygit2.enums.FileMode.BLOB)
+        tree = self._prepare("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid) for kind, (_, oid) in blobs.items()}))
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write), [])
+        prepared = self._prepare("commit", objects.commit_bytes(tree.oid, [], _person(actor), _person(), message))
+        objects.install(self.objects_dir, [tree, prepared], self.fsync)  # synced together
+        commit = prepared.oid
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
@@ -255,15 +272,27 @@ class Store:
         self._keep_indexed(ref, str(commit), blobs)
         return self.get_tag(repository, map, tag)
 
-    def _kept(self, write: Callable[[], pygit2.Oid]) -> pygit2.Oid:
-        """Write an object (it may exist already, unreachable and old) so that ``git prune`` keeps
-        it until a ref reaches it: touched now, younger than any grace period (prune checks the
-        time as it removes a file); one pruned meanwhile is written again."""
+    def _kept(self, kind: str, data: bytes) -> str:
+        """Write an object now (``_prepare``, then synced and in place); return its id."""
+        prepared = self._prepare(kind, data)
+        objects.install(self.objects_dir, [prepared], self.fsync)
+        return prepared.oid
+
+    def _prepare(self, kind: str, data: bytes) -> objects.Prepared:
+        """An object to write (``objects.install`` syncs it), so that ``git prune`` keeps it until a
+        ref reaches it: one stored already (unreachable and old, maybe) is touched now, younger than
+        any grace period (prune checks the time as it removes a file); one pruned meanwhile is
+        written again."""
         for _ in range(3):
-            oid = write()
-            if self._touch(str(oid)):
-                return oid
+            prepared = objects.prepare_object(self.objects_dir, kind, data)
+            if prepared.tmp is not None or self._touch(prepared.oid):
+                return prepared
         raise errors.UNAVAILABLE("objects kept disappearing under a concurrent wogit gc; retry shortly")
+
+    def _commit(self, tree: str, parents: list[str], actor: str | None, message: str) -> str:
+        """Write a commit: authored by ``actor`` (the registry itself if None), committed by the registry."""
+        data = objects.commit_bytes(tree, parents, _person(actor), _person(), message)
+        return objects.write_object(self.objects_dir, "commit", data, self.fsync)
 
     def _freshen(self, blobs: dict[str, tuple[str, str]]) -> None:
         """Touch the loose objects of a tag's blobs, so a sweep that raced this tag cannot remove them."""
@@ -320,13 +349,12 @@ class Store:
             repo = self.repo
             head = self.refs.get(history)
             parent = repo[head] if head is not None else None
-            tree = parent.tree_id if parent is not None else self._kept(repo.TreeBuilder().write)
+            tree = str(parent.tree_id) if parent is not None else self._kept("tree", b"")
             author = repo[found.commit].author
             message = (f"{DELETE_TAG} {tag}\n\ntag_commit: {found.commit}\n"
                        f"map_digest: {found.map_digest}\nconfig_digest: {found.config_digest}\n"
                        f"created: {found.created}\ncreated_by: {author.name} <{author.email}>\n")
-            commit = repo.create_commit(None, _signature(actor), _signature(), message, tree,
-                                        [parent.id] if parent is not None else [])
+            commit = self._commit(tree, [str(parent.id)] if parent is not None else [], actor, message)
             old = str(parent.id) if parent is not None else ZERO_OID
             rules.require(rules.Change(history, old, str(commit)), rules.Change(ref, found.commit, ZERO_OID),
                           view=self._view())
@@ -499,19 +527,20 @@ class Store:
             metadata.check_value(key, value)
         values = {key: value.encode("utf-8") for key, value in items.items()}
         metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
-        blobs = {key: self._kept(lambda value=value: self.repo.create_blob(value)) for key, value in values.items()}
+        prepared = {key: self._prepare("blob", value) for key, value in values.items()}  # synced with the commit
+        blobs = {key: p.oid for key, p in prepared.items()}
 
-        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
-            sizes = {entry.name: self.repo.odb.read_header(entry.id)[1] for entry in tree or ()}
+        def change(entries: dict[str, tuple[int, str]], size: Callable[[str], int]) -> tuple[list[str], str]:
+            sizes = {key: size(oid) for key, (_, oid) in entries.items()}
             metadata.check_limits({**sizes, **{key: len(value) for key, value in values.items()}})
-            changed = [key for key, oid in blobs.items()
-                       if builder.get(key) is None or builder.get(key).id != oid]
+            changed = [key for key, oid in blobs.items() if entries.get(key) != (rules.BLOB_MODE, oid)]
             for key in changed:
-                builder.insert(key, blobs[key], pygit2.enums.FileMode.BLOB)
+                entries[key] = (rules.BLOB_MODE, blobs[key])
             body = "".join(f"{key}={items[key]}\n" for key in changed)
             return changed, f"set {', '.join(changed)}\n\n{body}"
 
-        return self._change_metadata(repository, map, change, actor)
+        sizes = {blobs[key]: len(value) for key, value in values.items()}
+        return self._change_metadata(repository, map, change, actor, list(prepared.values()), sizes)
 
     def delete_metadata(self, repository: str, map: str, key: str, actor: str | None = None) -> None:
         self.require_map(repository, map)
@@ -519,10 +548,10 @@ class Store:
         if not names.is_key(key):
             raise unknown
 
-        def change(builder: pygit2.TreeBuilder, tree: pygit2.Tree | None) -> tuple[list[str], str]:
-            if builder.get(key) is None:
+        def change(entries: dict[str, tuple[int, str]], size: Callable[[str], int]) -> tuple[list[str], str]:
+            if key not in entries:
                 raise unknown
-            builder.remove(key)
+            del entries[key]
             return [key], f"delete {key}\n"
 
         self._change_metadata(repository, map, change, actor)
@@ -540,33 +569,76 @@ class Store:
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
         return None
 
-    def _change_metadata(self, repository: str, map: str,
-                         change: Callable[[pygit2.TreeBuilder, pygit2.Tree | None], tuple[list[str], str]],
-                         actor: str | None = None) -> list[str]:
-        """Apply ``change`` to (a builder of) the newest metadata tree as one commit,
-        compare-and-swap, retried."""
+    def _change_metadata(self, repository: str, map: str, change: _MetadataChange, actor: str | None = None,
+                         blobs: list[objects.Prepared] = (), sizes: dict[str, int] | None = None) -> list[str]:
+        """Apply ``change`` to the newest metadata as one commit, compare-and-swap, retried.
+
+        The writers of one map in this process take turns; whoever's turn it is commits every
+        change queued for the map meanwhile (group commit): one commit each, in the order they
+        came, synced together and published with one compare-and-swap of the ref.  A change
+        that fails (a key to delete that is gone, limits) fails alone."""
         name = names.metadata_ref(repository, map)
+        mine = _Queued(change, actor, list(blobs), sizes or {})
+        with self._queue_lock:
+            self._queued.setdefault(name, []).append(mine)
+        with self._writing(name):
+            if not mine.done:
+                with self._queue_lock:
+                    batch = self._queued.pop(name)
+                try:
+                    for queued, outcome in self._retrying(lambda: self._commit_changes(name, batch)).items():
+                        queued.outcome = outcome
+                except BaseException as exc:  # the whole batch failed (UNAVAILABLE, RULE_BROKEN...)
+                    for queued in batch:
+                        queued.outcome = exc
+                finally:
+                    for queued in batch:
+                        queued.done = True
+                        objects.discard(queued.blobs)  # left over if its change failed
+        if isinstance(mine.outcome, BaseException):
+            raise mine.outcome
+        return mine.outcome
 
-        def attempt() -> list[str]:
-            repo = self.repo
-            head = self.refs.get(name)
-            parent = repo[head] if head is not None else None
-            builder = repo.TreeBuilder(parent.tree) if parent is not None else repo.TreeBuilder()
-            changed, message = change(builder, parent.tree if parent is not None else None)
+    def _commit_changes(self, name: str, batch: list[_Queued]) -> dict[_Queued, list[str] | BaseException]:
+        """One attempt: a commit for each change of ``batch`` on the ref's current commit."""
+        repo = self.repo
+        head_id = self.refs.get(name)
+        parent = repo[head_id] if head_id is not None else None
+        entries = {e.name: (int(e.filemode), str(e.id)) for e in parent.tree} if parent is not None else {}
+        old = str(parent.id) if parent is not None else rules.ZERO
+        head, written, outcomes = old, [], {}
+        sizes = {oid: size for queued in batch for oid, size in queued.sizes.items()}
+
+        def size(oid: str) -> int:
+            return sizes[oid] if oid in sizes else repo.odb.read_header(oid)[1]
+
+        for queued in batch:
+            after = dict(entries)
+            try:
+                changed, message = queued.change(after, size)
+            except errors.WogitError as exc:
+                outcomes[queued] = exc
+                continue
+            outcomes[queued] = changed
             if not changed:
-                return changed
-            commit = repo.create_commit(None, _signature(actor), _signature(), message, self._kept(builder.write),
-                                        [parent.id] if parent is not None else [])
-            old = str(parent.id) if parent is not None else rules.ZERO
-            rules.require(rules.Change(name, old, str(commit)), view=self._view())
-            if head is None:
-                if not self._create_ref(name, commit):
-                    raise _Contended(name)
-            else:
-                self._move_ref(name, str(commit), old)
-            return changed
-
-        return self._retrying(attempt)
+                continue
+            tree = self._prepare("tree", objects.tree_bytes(after))
+            commit = self._prepare("commit", objects.commit_bytes(
+                tree.oid, [head] if head != rules.ZERO else [], _person(queued.actor), _person(), message))
+            written += [*queued.blobs, tree, commit]
+            entries, head = after, commit.oid
+        if head == old:
+            return outcomes
+        objects.install(self.objects_dir, written, self.fsync)
+        for queued in batch:  # stored now, whatever happens next (a retry commits them again)
+            if queued in outcomes and not isinstance(outcomes[queued], BaseException) and outcomes[queued]:
+                queued.blobs = []
+        rules.require(rules.Change(name, old, head), view=self._view())
+        try:
+            self._update_ref(name, head, old)
+        except refs.Moved:
+            raise _Contended(name, "moved") from None
+        return outcomes
 
     # -- archives ------------------------------------------------------------
 
@@ -633,34 +705,37 @@ class Store:
         out = self._git("for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
         return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
 
-    def _create_ref(self, name: str, target) -> bool:
+    def _create_ref(self, name: str, target: str) -> bool:
         """Atomically create ``name``; False if it already exists.
 
         libgit2 checks that a ref is absent *before* taking its lock, so two
-        processes can both "create" it; ``git update-ref <ref> <new> <zero>``
-        checks under the lock, which makes exactly one creator win.
+        processes could both "create" it; ``wogit.refs`` checks under the lock,
+        which makes exactly one creator win.
         """
         def attempt() -> bool:
-            result = self._git("update-ref", "--no-deref", name, str(target), ZERO_OID, check=False)
-            if result.returncode == 0:
-                self._changed()
-                return True
-            if "reference already exists" in result.stderr:
+            try:
+                self._update_ref(name, target, ZERO_OID)
+            except refs.Moved:
                 return False
-            if "Unable to create" in result.stderr and ".lock" in result.stderr:
-                raise _Contended(name, "locked")
-            raise RuntimeError(f"git update-ref {name} failed: {result.stderr.strip()}")
+            return True
 
         return self._retrying(attempt)
 
-    def _move_ref(self, name: str, new: str, old: str) -> None:
-        """Compare-and-swap ``name`` from ``old`` to ``new`` (wogit.refs: libgit2 would read
-        every ref of the registry to write one)."""
+    def _update_ref(self, name: str, new: str, old: str) -> None:
+        """Move ``name`` from ``old`` to ``new`` (compare-and-swap, synced; wogit.refs: libgit2 would
+        read every ref of the registry to write one); ``refs.Moved`` if it is elsewhere,
+        ``_Contended`` while another writer holds its lock."""
         try:
             self.refs.update(name, new, old)
-        except (refs.Locked, refs.Moved) as exc:
-            raise _Contended(name, str(exc)) from None
+        except refs.Locked:
+            raise _Contended(name, "locked") from None
         self._changed()
+
+    @contextlib.contextmanager
+    def _writing(self, ref: str) -> Iterator[None]:
+        """Hold this process's lock for ``ref`` (one of a fixed set, by the name's hash)."""
+        with self._ref_locks[hash(ref) % len(self._ref_locks)]:
+            yield
 
     def _transaction(self, commands: str, ref: str) -> None:
         """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none."""
@@ -823,11 +898,12 @@ def _break_stale_lock(git_dir: str, ref: str) -> None:
     os.unlink(aside)
 
 
-def _signature(actor: str | None = None) -> pygit2.Signature:
-    """The registry's own identity, or (as a commit's author) the user who asked for the change."""
+def _person(actor: str | None = None) -> tuple[str, str, int]:
+    """The registry's own identity, or (as a commit's author) the user who asked for the change:
+    name, email and the time now."""
     if actor is None:
-        return pygit2.Signature(*IDENTITY, int(time.time()), 0)
-    return pygit2.Signature(urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time()), 0)
+        return (*IDENTITY, int(time.time()))
+    return urllib.parse.quote(actor, safe=_NAME_SAFE), USER_EMAIL, int(time.time())
 
 
 def _iso(seconds: int) -> str:

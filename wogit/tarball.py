@@ -14,6 +14,7 @@ change.
 
 from __future__ import annotations
 
+import functools
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ class Member:
     chunks: Iterable[bytes]
 
 
+@functools.lru_cache(maxsize=4096)  # the same tag's members, again and again: built once
 def header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size

@@ -47,6 +47,8 @@ def install(app, store, settings) -> None:
 def at() -> int | str | None:
     """``?at=``: a full commit id, or an ISO-8601 time as unix seconds (rounded down; UTC if
     it has no offset); None without it."""
+    if not bottle.request.environ.get("QUERY_STRING"):
+        return None
     raw = bottle.request.query.get("at")
     if raw is None:
         return None
