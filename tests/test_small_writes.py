@@ -67,24 +67,19 @@ def test_objects_have_gits_ids_and_read_back(repo):
     assert not [name for name in os.listdir(objects_dir) if name.startswith("tmp_")]
 
 
-def _current(repo, name):
-    found = refs(repo).get(name)
-    return lambda: found
-
-
 def test_ref_create_and_compare_and_swap(repo):
     objects_dir = str(repo / "objects")
     one = objects.write_object(objects_dir, "tree", b"")
     two = objects.write_object(objects_dir, "blob", b"two")
     name = "refs/wo/_metadata/r/m"
-    wogit_refs.update(str(repo), name, one, wogit_refs.ZERO, _current(repo, name))
+    wogit_refs.Refs(str(repo)).update(name, one, wogit_refs.ZERO)
     assert refs(repo) == {name: one}
     with pytest.raises(wogit_refs.Moved):  # create: it exists
-        wogit_refs.update(str(repo), name, two, wogit_refs.ZERO, _current(repo, name))
+        wogit_refs.Refs(str(repo)).update(name, two, wogit_refs.ZERO)
     with pytest.raises(wogit_refs.Moved):  # compare-and-swap from a value it does not have
-        wogit_refs.update(str(repo), name, two, two, _current(repo, name))
+        wogit_refs.Refs(str(repo)).update(name, two, two)
     assert refs(repo) == {name: one}
-    wogit_refs.update(str(repo), name, two, one, _current(repo, name))
+    wogit_refs.Refs(str(repo)).update(name, two, one)
     assert refs(repo) == {name: two}
     assert (repo / name).read_text() == two + "\n"
     assert not os.path.exists(repo / (name + ".lock"))
@@ -96,7 +91,7 @@ def test_ref_lock_held_by_another_writer(repo):
     os.makedirs(repo / "refs/wo/r/m")
     (repo / (name + ".lock")).write_text("")
     with pytest.raises(wogit_refs.Locked):
-        wogit_refs.update(str(repo), name, one, wogit_refs.ZERO, _current(repo, name))
+        wogit_refs.Refs(str(repo)).update(name, one, wogit_refs.ZERO)
     assert refs(repo) == {}
     assert (repo / (name + ".lock")).read_text() == ""  # the other writer's lock is left alone
 
@@ -110,8 +105,8 @@ def test_packed_refs_are_seen_and_moved(repo):
     git(repo, "pack-refs", "--all", "--prune")
     assert not (repo / name).exists() and name in (repo / "packed-refs").read_text()
     with pytest.raises(wogit_refs.Moved):
-        wogit_refs.update(str(repo), name, two, wogit_refs.ZERO, _current(repo, name))
-    wogit_refs.update(str(repo), name, two, one, _current(repo, name))
+        wogit_refs.Refs(str(repo)).update(name, two, wogit_refs.ZERO)
+    wogit_refs.Refs(str(repo)).update(name, two, one)
     assert refs(repo) == {name: two}
     git(repo, "pack-refs", "--all", "--prune")
     assert refs(repo) == {name: two}
