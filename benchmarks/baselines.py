@@ -138,6 +138,7 @@ def hello(port: int, threads: int, reuse_port: bool) -> None:
 
     server = wsgi.Server(("127.0.0.1", port), hello_app(), numthreads=threads, request_queue_size=256,
                          reuse_port=reuse_port)
+    server.keep_alive_conn_limit = 256  # as wogit's default max_idle_connections: the same settings
     server.prepare()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     ready(server.bind_addr[1])
