@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wogit's benchmarks: every figure next to a baseline measured in the same run, on the same file.
 
-    .venv/bin/python benchmarks/run.py --quick             # under 5 minutes: 64 MiB maps, 1 s load runs
+    .venv/bin/python benchmarks/run.py --quick             # under 5 minutes: 32 MiB maps, 1 s load runs
     .venv/bin/python benchmarks/run.py                     # the issue's sizes: 1 GiB (memory also 4 GiB)
     .venv/bin/python benchmarks/run.py --only upload,requests --markdown docs/performance.md
 
@@ -41,7 +41,7 @@ SECTIONS = {  # section name -> module in benchmarks/
     "memory": "memory",
 }
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-QUICK_MIB = 64  # the big maps of --quick: upload, tarball and blob of both kinds, 5 runs each, in about a minute
+QUICK_MIB = 32  # the big maps of --quick: upload, tarball and blob of both kinds, 5 runs each
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "latest.json"
 
 
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="rewrite the generated table of this file (between "
                         f"{START} and {END})")
     parser.add_argument("--runs", type=int, help="runs of each figure (default 5)")
-    parser.add_argument("--size-mib", type=int, help="size of the big maps (default 1024, quick 128)")
+    parser.add_argument("--size-mib", type=int, help="size of the big maps (default 1024, quick 32)")
     parser.add_argument("--load", choices=["wrk", "python"],
                         help="load generator for small requests (default: wrk when on the PATH)")
     return parser.parse_args(argv)

@@ -24,7 +24,7 @@ from conftest import fsck, git, git_blob_id, sha256
 from test_access_control import AnyServer, needs_openssl, self_signed
 from test_ops import samples, scrape
 
-from wogit import tarball
+from wogit import cache, tarball
 from wogit.api import create_app
 from wogit.settings import Settings
 from wogit.store import Store
@@ -420,3 +420,31 @@ def test_any_wsgi_server_sends_the_same_bytes(tmp_path):
 class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+def test_small_tarballs_are_kept_in_memory_least_recently_used_first():
+    recent = cache.Recent(10)
+    recent.put("a", b"aaaa")
+    recent.put("b", b"bbbb")
+    assert recent.get("a") == b"aaaa"  # a is now the most recent
+    recent.put("c", b"cccc")  # 12 bytes > 10: b, the least recently used, goes
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (b"aaaa", None, b"cccc")
+    assert recent.size == 8
+    recent.put("big", b"x" * 11)  # larger than the whole bound: never kept
+    assert recent.get("big") is None and recent.size == 8
+    assert cache.Recent(0).get("a") is None
+
+
+def test_a_small_tarball_served_twice_is_the_same_and_changes_with_its_metadata(fresh_server):
+    srv = fresh_server()
+    map_data = b"small map " * 100
+    srv.push("r/m/v1", map_data, b"k: v\n")
+    first = requests.get(srv.url + "/r/m/v1")
+    again = requests.get(srv.url + "/r/m/v1")
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    assert first.headers["Content-Length"] == str(len(first.content))
+    assert entries(srv, "tarballs") == {}  # kept in memory, not as a file
+    assert requests.put(srv.url + "/r/m/metadata", data=b"k=new\n").status_code == 200
+    changed = requests.get(srv.url + "/r/m/v1")
+    assert changed.status_code == 200 and changed.headers["ETag"] != first.headers["ETag"]
+    assert members(changed.content) == [("map", map_data), ("metadata", b"k=new\n"), ("config", b"k: v\n")]

@@ -207,3 +207,33 @@ def _remove_if_same(path: str, info: os.stat_result) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+class Recent:
+    """Small bodies (under ``MIN_SIZE``: a small map's tarball) kept in memory, at most ``bound``
+    bytes, least recently used dropped first; ``bound`` 0 keeps none.  Building one costs far
+    more than the request around it, and a file each would be millions of small files."""
+
+    def __init__(self, bound: int):
+        self.bound = bound
+        self.size = 0
+        self._entries: dict[str, bytes] = {}  # in order of use, the most recent last
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._entries.pop(key, None)
+            if data is not None:
+                self._entries[key] = data
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) >= MIN_SIZE or len(data) > self.bound:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = data
+            self.size += len(data)
+            while self.size > self.bound:
+                self.size -= len(self._entries.pop(next(iter(self._entries))))

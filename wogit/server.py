@@ -337,8 +337,8 @@ def _serve_one(settings: Settings, gate: Gate, listener: socket.socket | None = 
 def _ready_line(settings: Settings, address: tuple, workers: int = 1) -> str:
     host, port = address[:2]
     scheme = "https" if settings.tls_cert else "http"
-    processes = f" with {workers} workers" if workers > 1 else ""
-    return f"wogit {__version__}: serving {settings.data} on {scheme}://{host}:{port}{processes}"
+    processes = f" ({workers} workers)" if workers > 1 else ""
+    return f"wogit {__version__}: serving {settings.data}{processes} on {scheme}://{host}:{port}"
 
 
 def _warn_if_open(gate: Gate, replication: Replication | None) -> None:

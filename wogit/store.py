@@ -132,6 +132,7 @@ class Store:
                  hook_timeout: float = serverhooks.DEFAULT_TIMEOUT, cache_size: int = cache.DEFAULT_BOUND):
         self.path = os.path.abspath(path)
         self.cache = cache.Cache(os.path.join(self.path, cache.DIRECTORY), cache_size)  # of downloads
+        self.recent = cache.Recent(min(cache_size, 64 << 20))  # small tarballs, in memory
         self.fsync = fsync
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
@@ -650,6 +651,9 @@ class Store:
         key = hashlib.sha256(f"{found.commit} {meta.version} {tarball.FORMAT}".encode()).hexdigest()
 
         def body() -> Body:
+            small = self.recent.get(key)
+            if small is not None:
+                return Body([small], len(small))
             cached = self.cache.lookup("tarballs", key)
             if cached is not None:
                 return Body([Span(cached[0], 0, cached[1])], cached[1], fds=[cached[0]])
@@ -672,6 +676,13 @@ class Store:
             estimate = length or tarball.tar_length(members, found.created)
             chunks = _teed(tarball.tar_gz(members, found.created, level),
                            lambda: self.cache.writer("tarballs", key, estimate))
+            if estimate < cache.MIN_SIZE:  # a small map's: built whole (bounded), kept in memory
+                try:
+                    small = b"".join(bytes(chunk) for chunk in chunks)  # a chunk's buffer may be reused
+                finally:
+                    close()
+                self.recent.put(key, small)
+                return Body([small], len(small))
             return Body(chunks, length, on_close=close)
 
         return Archive(found, f'"{key}"', body)
