@@ -384,6 +384,7 @@ def _check_after_crash(again, data, acknowledged, big, map_bytes, config_bytes, 
 
 STALE_LOCKS = {
     "metadata": "refs/wo/_metadata/osm/area.lock",
+    "tag-deletion": "refs/wo/_metadata/osm/area.lock",  # the deletion's record goes to the history
     "tag": "refs/wo/osm/area/v2.lock",
     "map-index": "refs/wo/_maps/sha256/" + sha256(b"map after the crash")[7:] + ".lock",
 }
@@ -428,6 +429,11 @@ def _write_past_stale_lock(again, data, what, head, m, c):
         assert reply.status_code == 200, reply.text
         assert rev_list_parents(data, "refs/wo/_metadata/osm/area")[0][1:] == [head]
         assert requests.get(f"{again.url}/osm/area/metadata/after").content == b"crash"
+    elif what == "tag-deletion":
+        reply = requests.delete(f"{again.url}/osm/area/v1", timeout=5)
+        assert reply.status_code == 200, reply.text
+        assert "refs/wo/osm/area/v1" not in refs(data)
+        assert rev_list_parents(data, "refs/wo/_metadata/osm/area")[0][1:] == [head]
     elif what == "tag":
         reply = requests.put(f"{again.url}/osm/area/v2", json={"map_digest": m, "config_digest": c}, timeout=5)
         assert reply.status_code == 201, reply.text

@@ -757,7 +757,10 @@ class Store:
             return
         if any(sign in result.stderr for sign in ("but expected", "reference already exists", ".lock",
                                                    "unable to resolve reference", "reference is missing")):
-            raise _Contended(ref, result.stderr.strip())
+            # The ref git could not lock may be another of the transaction's (a map's history):
+            # name that one, so a stale lock on it is the one broken.
+            locked = _LOCKED_REF.search(result.stderr)
+            raise _Contended(locked.group(1) if locked else ref, result.stderr.strip())
         raise RuntimeError(f"git update-ref --stdin failed: {result.stderr.strip()}")
 
     def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -879,6 +882,9 @@ def _count_packed(packed: refs.Packed) -> dict[str, int]:
             found[kind] += sum(len(names.PACKED_LINES[kind].findall(text))
                                for text in packed.text(first, last, size=1 << 18))
     return found
+
+
+_LOCKED_REF = re.compile(r"cannot lock ref '(refs/[^']+)'")
 
 
 def _break_stale_lock(git_dir: str, ref: str) -> None:
