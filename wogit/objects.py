@@ -492,7 +492,7 @@ def read_blob(git_dir: str, oid: str) -> tuple[int, Iterator[bytes]]:
     except FileNotFoundError:
         return _read_packed(git_dir, oid)
     try:
-        inflate = zlib.decompressobj()
+        inflate = isal_zlib.decompressobj()  # ISA-L's inflate: the same bytes, some 2x faster than zlib's
         head = b""
         while b"\0" not in head:
             data = inflate.unconsumed_tail or loose.read(64)
@@ -509,6 +509,11 @@ def read_blob(git_dir: str, oid: str) -> tuple[int, Iterator[bytes]]:
     return int(size), _inflate(loose, inflate, rest)
 
 
+#: compressed bytes inflated at a time: a compressible map's yield about a MiB, and what does not
+#: fit (``unconsumed_tail``, copied each time) stays small
+_INFLATE_IN = 1 << 18
+
+
 def _inflate(loose: BinaryIO, inflate, first: bytes) -> Iterator[bytes]:
     with loose:
         if first:
@@ -517,7 +522,7 @@ def _inflate(loose: BinaryIO, inflate, first: bytes) -> Iterator[bytes]:
             if inflate.unconsumed_tail:
                 data = inflate.unconsumed_tail
             else:
-                data = loose.read(CHUNK)
+                data = loose.read(_INFLATE_IN)
                 if not data:
                     break
             out = inflate.decompress(data, CHUNK)

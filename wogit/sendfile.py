@@ -116,9 +116,7 @@ class Body:
                     sock.sendall(part)
                     self.sent += size
                 elif tls:
-                    for at in range(part.offset, part.offset + size, CHUNK):
-                        sock.sendall(_pread_exactly(part.fd, min(CHUNK, part.offset + size - at), at))
-                        self.sent += min(CHUNK, part.offset + size - at)
+                    self._read_and_send(sock, part)
                 else:
                     self._sendfile(sock, part)
                 if chunked:
@@ -132,6 +130,13 @@ class Body:
                     sock.settimeout(timeout)
                 except OSError:  # the connection is gone: cheroot closes it
                     pass
+
+    def _read_and_send(self, sock: socket.socket, span: Span) -> None:
+        end = span.offset + span.length
+        for at in range(span.offset, end, CHUNK):
+            n = min(CHUNK, end - at)
+            sock.sendall(_pread_exactly(span.fd, n, at))
+            self.sent += n
 
     def _sendfile(self, sock: socket.socket, span: Span) -> None:
         offset, left = span.offset, span.length

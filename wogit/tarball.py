@@ -3,11 +3,12 @@
 The same members, sizes, bytes and mtime always give the same archive bytes:
 members in the given order, mode 0644, owner 0:0 with empty owner names, the
 given mtime, POSIX (pax) headers only where a size needs them, and a gzip header
-with no name, mtime 0 and OS "unknown".  Compression is deflate level 1, or, when
-the first member's first MiB barely compresses (maps that are already compressed
-are not squeezed again), stored: the tar stream cut into deflate stored blocks of
-exactly 65535 bytes (the last one shorter and final), written here and not by zlib,
-so their bytes and the archive's length (``length``) are known before it is made.
+with no name, mtime 0 and OS "unknown".  Compression is zlib's deflate level 1, in
+segments of a MiB compressed side by side (``gzip``), or, when the first member's
+first MiB barely compresses (maps that are already compressed are not squeezed
+again), stored: the tar stream cut into deflate stored blocks of exactly 65535
+bytes (the last one: the rest, and final), written here and not by zlib, so their
+bytes and the archive's length (``length``) are known before it is made.
 ``FORMAT`` names this definition: change it whenever the bytes for the same input
 change.
 """
@@ -15,17 +16,19 @@ change.
 from __future__ import annotations
 
 import functools
+import os
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
-PIECE = 1 << 20  # what zlib is fed at a time
+PIECE = 1 << 20  # the input of one level-1 segment
 STORED = 0xFFFF  # bytes of the tar stream in each stored block (the last one: the rest)
-FORMAT = 2  # 2: stored blocks of 65535 bytes written here (1: zlib level 0)
+FORMAT = 2  # 2: stored blocks of 65535 bytes written here, level 1 in segments (1: zlib level 0 or 1, whole)
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
@@ -120,23 +123,48 @@ def gzip_stored_length(size: int) -> int:
 
 
 def gzip(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
-    """Deflate ``chunks`` into a gzip member with a fixed header.
+    """Deflate ``chunks`` into a gzip member with a fixed header, in segments compressed side by side.
 
-    zlib's output depends on how its input is cut (stored blocks end where an
-    input ends), so the input is re-cut into fixed pieces first: the bytes then
-    depend only on the content, not on whether the map was read loose or packed.
+    The input is cut into segments of exactly PIECE bytes (the last one: the rest), so that the
+    bytes depend only on the content, not on how the map was read (loose or packed).  Each
+    segment is deflated by zlib on its own, with the previous segment's last 32 KiB as its
+    dictionary, and ends byte-aligned with a sync flush (the last one: final), as pigz does:
+    the segments compress on every core at once, and the output is the same however they
+    were scheduled.
     """
     yield _GZIP_HEADER
-    deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    crc = 0
-    size = 0
-    for chunk in rechunk(chunks, PIECE):
-        crc = zlib.crc32(chunk, crc)
-        size += len(chunk)
-        out = deflate.compress(chunk)
-        if out:
-            yield out
-    yield deflate.flush() + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+    crc = size = 0
+    dictionary = b""
+    pending: deque[Future] = deque()
+    pieces = rechunk(chunks, PIECE)
+    piece = next(pieces, None)
+    while piece is not None:
+        following = next(pieces, None)
+        piece = bytes(piece)  # the pool reads it after the source may have reused its buffer
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        pending.append(_POOL.submit(_segment, piece, level, dictionary, following is None))
+        dictionary = piece[-_WINDOW:]
+        while len(pending) > _DEPTH or (pending and pending[0].done()):
+            yield pending.popleft().result()
+        piece = following
+    while pending:
+        yield pending.popleft().result()
+    yield crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _segment(data: bytes, level: int, dictionary: bytes, final: bool) -> bytes:
+    if dictionary:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary)
+    else:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+#: zlib releases the GIL while it deflates: one thread a core, shared by every tarball made at once
+_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="wogit-deflate")
+_DEPTH = 2 * (os.cpu_count() or 1)  # segments in flight for one tarball
+_WINDOW = 1 << 15  # deflate's window: what a segment takes from the one before
 
 
 def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
