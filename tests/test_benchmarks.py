@@ -43,7 +43,7 @@ def test_only_keeps_the_table_order_and_refuses_unknown_sections(capsys):
 def test_quick_and_full_sizes(tmp_path):
     quick = run.make_context(run.parse_args(["--quick", "--load", "python"]), tmp_path)
     assert (quick.size, quick.memory_sizes, quick.runs, quick.duration, quick.load) == (
-        64 << 20, (64 << 20,), 5, 1, "python")
+        32 << 20, (32 << 20,), 5, 1, "python")
     full = run.make_context(run.parse_args(["--runs", "7"]), tmp_path)
     assert (full.size, full.memory_sizes, full.runs, full.duration) == (1 << 30, (1 << 30, 4 << 30), 7, 5)
 
