@@ -274,6 +274,25 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
     return server
 
 
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def _bound_malloc_arenas(arenas: int = 2) -> None:
+    """Keep glibc to ``arenas`` malloc arenas, unless ``MALLOC_ARENA_MAX`` says otherwise.
+
+    By default glibc gives each new thread its own arena (up to 8 per core), and memory
+    freed in one is kept there: each worker thread's first big tarball left about 15 MiB
+    behind, and RSS crept up by 79 MiB over five threads. Two arenas keep it flat.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        pass
+
+
 def serve(settings: Settings, policy: Policy | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and return.
 
@@ -282,6 +301,7 @@ def serve(settings: Settings, policy: Policy | None = None) -> int:
     one port for all); see ``_serve_workers``.
     """
     configure_logging(settings.log_format)
+    _bound_malloc_arenas()
     if settings.workers < 1:
         raise SystemExit(f"wogit: workers must be at least 1, not {settings.workers}")
     gate = build_gate(settings, policy)
