@@ -559,9 +559,11 @@ def test_an_uploader_proves_it_holds_bytes_someone_else_tagged_where_it_cannot_r
     assert requests.put(srv.url + "/secret/grab/v1", json=tag_body(m, digests["C"]), auth=alice).status_code == 201
     refused = requests.put(srv.url + "/robots/own/v1", json=tag_body(m, digests["C"]), auth=carol)
     assert (refused.status_code, refused.json()) == (404, {"msg": f"map_digest {m} names no uploaded map"})
-    for wrong in (proof[:-1] + ("0" if proof[-1] != "0" else "1"), 7, None):
+    # Not hex at all, nor ASCII (found by reliability/fuzz.py: it was a 500): not a proof either.
+    for wrong in (proof[:-1] + ("0" if proof[-1] != "0" else "1"), 7, None, "é" * 64, "\ud800", "\u00a4\x00"):
         body = {**tag_body(m, digests["C"]), "map_proof": wrong}
-        assert requests.put(srv.url + "/robots/own/v1", json=body, auth=carol).status_code == 404
+        refused = requests.put(srv.url + "/robots/own/v1", json=body, auth=carol)
+        assert (refused.status_code, refused.json()) == (404, {"msg": f"map_digest {m} names no uploaded map"})
     # Someone else's proof is not carol's.
     dave_proof = requests.put(srv.url + "/blobs/upload", data=data, auth=dave)
     assert dave_proof.status_code == 403  # dave may not upload at all

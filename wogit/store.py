@@ -245,7 +245,9 @@ class Store:
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
     def is_upload_proof(self, token: object, actor: str | None, kind: str, digest: str) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(token, self.upload_proof(actor, kind, digest))
+        # A proof is hex: any other text (which compare_digest refuses if not ASCII) is not one.
+        return isinstance(token, str) and token.isascii() \
+            and hmac.compare_digest(token, self.upload_proof(actor, kind, digest))
 
     # -- tags ----------------------------------------------------------------
 
