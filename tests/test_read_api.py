@@ -605,3 +605,21 @@ def test_a_dangling_index_ref_does_not_break_listings_or_gc(fresh_server):
                            capture_output=True, text=True)
     assert check.returncode == 1
     assert f"problem: refs/wo/_maps/sha256/{'4' * 64}: a map's digest index ref must point at a tree" in check.stdout
+
+
+# Found by reliability/fuzz.py: /blobs/<digest> took "upload" for a digest, so Allow on the upload
+# paths said GET,HEAD,PUT and a GET there was a 400 about a digest.
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE"])
+@pytest.mark.parametrize("path", ["/blobs/upload", "/configs/upload"])
+def test_the_upload_paths_allow_only_put(server, method, path):
+    reply = requests.request(method, server.url + path)
+    assert (reply.status_code, reply.headers["Allow"], reply.headers["Content-Type"]) == (405, "PUT", "application/json")
+    if method != "HEAD":
+        assert reply.json() == {"msg": f"{method} is not allowed on {path}; allowed: PUT"}
+
+
+def test_a_digest_route_still_answers_names_like_upload(server):
+    for path in ("/blobs/uploads", "/configs/upload.x"):
+        reply = requests.get(server.url + path)
+        assert (reply.status_code, reply.headers["Allow"] if "Allow" in reply.headers else None) == (400, None)
+        assert reply.json()["msg"].startswith("invalid digest ")
