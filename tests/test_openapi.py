@@ -26,12 +26,8 @@ DOCUMENT_BYTES = openapi.PATH.read_bytes()
 DOCUMENT = json.loads(DOCUMENT_BYTES)
 METHODS = ("get", "head", "put", "post", "delete", "options", "patch", "trace")
 
-#: The one route that is not one path: ``/_git/<path:path>`` serves git's three smart-HTTP
-#: endpoints (wogit.githttp); every other path under /_git is 404, so only these are documented.
-GIT_ROUTES = {
-    ("GET", "/_git/{path}"): {("GET", "/_git/info/refs")},
-    ("POST", "/_git/{path}"): {("POST", "/_git/git-upload-pack"), ("POST", "/_git/git-receive-pack")},
-}
+#: git's three smart-HTTP endpoints (wogit.githttp), each a route of its own.
+GIT_ENDPOINTS = {("GET", "/_git/info/refs"), ("POST", "/_git/git-upload-pack"), ("POST", "/_git/git-receive-pack")}
 
 
 def make_app(tmp_path, **settings):
@@ -44,12 +40,9 @@ def template(rule: str) -> str:
 
 
 def app_operations(app) -> set[tuple[str, str]]:
-    """(method, path) of every route, as the document must list them: git's one route as its three
-    endpoints, and HEAD wherever there is a GET (Bottle answers HEAD with a GET route)."""
-    pairs = set()
-    for route in app.routes:
-        pair = (route.method, template(route.rule))
-        pairs |= GIT_ROUTES.get(pair, {pair})
+    """(method, path) of every route, as the document must list them: HEAD wherever there is a GET
+    (Bottle answers HEAD with a GET route)."""
+    pairs = {(route.method, template(route.rule)) for route in app.routes}
     return pairs | {("HEAD", path) for method, path in pairs if method == "GET"}
 
 
@@ -74,12 +67,12 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(tmp
                                        f"documented operations no route serves: {extra}")
 
 
-def test_the_git_endpoints_are_the_ones_git_http_serves():
+def test_the_git_endpoints_are_the_ones_git_http_serves(tmp_path):
     asked = {("GET", "/_git/info/refs"): githttp.service("info/refs", "service=git-upload-pack"),
              ("POST", "/_git/git-upload-pack"): githttp.service("git-upload-pack", ""),
              ("POST", "/_git/git-receive-pack"): githttp.service("git-receive-pack", "")}
     assert set(asked.values()) == set(githttp.SERVICES)
-    assert set(asked) == set().union(*GIT_ROUTES.values())
+    assert set(asked) == GIT_ENDPOINTS <= app_operations(make_app(tmp_path))
     service = next(p for p in DOCUMENT["paths"]["/_git/info/refs"]["get"]["parameters"] if p["name"] == "service")
     assert set(service["schema"]["enum"]) == set(githttp.SERVICES)
 
@@ -113,11 +106,11 @@ def test_each_operation_declares_the_permission_its_route_checks(tmp_path, setti
             needs = {k: v for k, v in needs.items() if k != "setting"} if value == "read" else None
         documented[(method.upper(), path)] = needs
     for route in make_app(tmp_path, **settings).routes:
-        for method, path in GIT_ROUTES.get((route.method, template(route.rule)), {(route.method, template(route.rule))}):
-            checked = route_needs(route, path)
-            assert documented[(method, path)] == checked, f"{method} {path}: {documented[(method, path)]} != {checked}"
-            if method == "GET":
-                assert documented[("HEAD", path)] == checked, f"HEAD {path}"
+        method, path = route.method, template(route.rule)
+        checked = route_needs(route, path)
+        assert documented[(method, path)] == checked, f"{method} {path}: {documented[(method, path)]} != {checked}"
+        if method == "GET":
+            assert documented[("HEAD", path)] == checked, f"HEAD {path}"
 
 
 # -- the document itself ---------------------------------------------------------------------

@@ -64,6 +64,7 @@ READ_ONLY = _declare("READ_ONLY", 403, "this registry is a read-only replica; ms
 METHOD_NOT_ALLOWED = _declare("METHOD_NOT_ALLOWED", 405, "the method is not allowed on this path (see Allow)")
 EXISTS = _declare("EXISTS", 409, "the map, config or tag already exists")
 LENGTH_REQUIRED = _declare("LENGTH_REQUIRED", 411, "the request has a body but neither Content-Length nor chunked encoding")
+UNSUPPORTED_MEDIA_TYPE = _declare("UNSUPPORTED_MEDIA_TYPE", 415, "a git request's Content-Type is not the one of its service (application/x-git-upload-pack-request, application/x-git-receive-pack-request)")
 RANGE_NOT_SATISFIABLE = _declare("RANGE_NOT_SATISFIABLE", 416, "the Range starts at or past the end (see Content-Range for the size)")
 TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this registry accepts")
 HOOK_REJECTED = _declare("HOOK_REJECTED", 422, "an operator's validation hook (wo-validate-map, -config, -tag) refused the content; msg is its stderr")

@@ -289,6 +289,8 @@ RESPONSES = {
     "LengthRequired": error_response("The request has a body but neither Content-Length nor chunked encoding "
                                      "(LENGTH_REQUIRED); the connection is closed."),
     "TooLarge": error_response("The request body is larger than this registry accepts (TOO_LARGE)."),
+    "UnsupportedMediaType": error_response("A git request whose Content-Type is not its service's "
+                                           "`application/x-<service>-request` (UNSUPPORTED_MEDIA_TYPE)."),
     "RangeNotSatisfiable": error_response("The Range starts at or past the end (RANGE_NOT_SATISFIABLE).",
                                           **{"Content-Range": header("Content-Range")}),
     "HookRejected": error_response("An operator's validation hook refused the content (HOOK_REJECTED); msg is "
@@ -386,8 +388,8 @@ def git() -> dict:
     service = query_param("service", "The git service asked for; without it (or another) the answer is 404.",
                           {"type": "string", "enum": ["git-upload-pack", "git-receive-pack"]}, required=True)
     common = {"404": error("NotFound", "not a git smart-HTTP endpoint (NOT_FOUND)"), **always()}
-    note = ("The answer is `git http-backend`'s own (streamed); only 401/403/404/411/413 and the registry's own "
-            "errors are JSON. Clone with `git clone --mirror http://HOST:PORT/_git`.")
+    note = ("A successful answer is `git http-backend`'s own (streamed); every error is JSON. Clone with "
+            "`git clone --mirror http://HOST:PORT/_git`.")
 
     def pack(service_name: str, operation_id: str, level: str, summary: str) -> dict:
         request = f"application/x-{service_name}-request"
@@ -396,10 +398,12 @@ def git() -> dict:
             note + (" Pushes go through the registry's `pre-receive` rules (docs/git.md)."
                     if service_name == "git-receive-pack" else ""),
             {"200": ok("git's answer", content={f"application/x-{service_name}-result": {"schema": STRING}}),
+             "415": error("UnsupportedMediaType"),
              **auth_errors(write=level == "admin"), **body_errors("the map size limit (`--max-map-size`)"),
              **common},
             needs(level, "everywhere"),
-            body=raw_body(request, "git's request (may be gzip, `Content-Encoding: gzip`)"), tags=["git"])}
+            body=raw_body(request, "git's request (may be gzip, `Content-Encoding: gzip`)",
+                          {"type": "string", "format": "binary"}), tags=["git"])}
 
     refs_access = needs("read", "everywhere")
     refs_access["x-wogit-needs"] = {"level": "read or admin", "scope": "everywhere"}
@@ -639,8 +643,8 @@ def document() -> dict:
         "info": {"title": "wogit", "version": __version__,
                  "summary": "A registry for maps, stored in a bare git repository",
                  "description": "Every route of the wogit HTTP API (docs/api.md is the prose). Every 4xx and 5xx "
-                                "answer is `application/json` `{\"msg\": ...}`, except git's own answers under "
-                                "`/_git`; a 405 carries `Allow`. Every answer carries `X-Request-Id`. Where "
+                                "answer is `application/json` `{\"msg\": ...}`, under `/_git` too; a 405 carries "
+                                "`Allow`. Every answer carries `X-Request-Id`. Where "
                                 "credentials are needed, anonymous access is allowed as far as the registry's "
                                 "policy grants it (`GET /v1` says what anonymous clients may do).",
                  "license": {"name": "MIT", "identifier": "MIT"}},
