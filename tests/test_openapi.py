@@ -341,3 +341,43 @@ def test_answers_match_their_schemas(server, unique):
 
     check(requests.get(url + "/_git/info/refs?service=git-upload-pack"), "get", "/_git/info/refs", 200)
     check(requests.get(url + "/_git/info/refs"), "get", "/_git/info/refs", 404)
+
+
+# -- what reliability/fuzz.py found the document did not say ------------------------------------
+
+def test_request_bodies_say_what_the_server_refuses():
+    paths = DOCUMENT["paths"]
+    assert paths["/blobs/upload"]["put"]["requestBody"]["content"] == {
+        "application/octet-stream": {"schema": {"type": "string", "minLength": 1, "format": "binary"}}}
+    assert paths["/configs/upload"]["put"]["requestBody"]["content"] == {
+        "text/plain": {"schema": {"type": "string", "minLength": 1}}}
+    assert paths["/{repository}/{map}/metadata"]["put"]["requestBody"]["content"] == {
+        "text/plain": {"schema": {"type": "string", "pattern": openapi.METADATA_PATTERN}}}
+    for service in githttp.SERVICES:
+        operation = paths[f"/_git/{service}"]["post"]
+        assert operation["requestBody"]["content"] == {
+            f"application/x-{service}-request": {"schema": {"type": "string", "format": "binary"}}}
+        assert operation["responses"]["415"] == {"$ref": "#/components/responses/UnsupportedMediaType"}
+
+
+@pytest.mark.parametrize("body, valid", [
+    ("", True), ("a=1 b.c=2\r\n", True), ("k=v=w\tx=", True), ("a=é\u00a0", True), ("a[0]=1", True),
+    ("a", False), ("=1", False), ("a b=1", False), ("a=\x1c", False), ("a=\u2028", False), ("a=\x85", False),
+    ("k" * 128 + "=1", True), ("k" * 129 + "=1", False), ("a." + "b" * 1022 + "=1", True),
+    ("a." + "b" * 1023 + "=1", False), ("a/b=1", False)])
+def test_the_metadata_body_pattern_is_what_put_metadata_accepts(server, unique, body, valid):
+    assert (re.search(openapi.METADATA_PATTERN, body) is not None) is valid
+    server.push(f"{unique}/m/v1")
+    reply = requests.put(f"{server.url}/{unique}/m/metadata", data=body.encode("utf-8"))
+    Checker(server.url).check(reply, "put", "/{repository}/{map}/metadata", 200 if valid else 400)
+
+
+def test_an_empty_upload_and_a_git_request_of_another_type_are_documented(server):
+    check = Checker(server.url).check
+    assert check(requests.put(server.url + "/configs/upload", data=b""), "put", "/configs/upload", 400) == {
+        "msg": "the config is empty"}
+    assert check(requests.put(server.url + "/blobs/upload", data=b""), "put", "/blobs/upload", 400) == {
+        "msg": "the map is empty"}
+    assert check(requests.post(server.url + "/_git/git-upload-pack", data=b"0000"), "post",
+                 "/_git/git-upload-pack", 415) == {
+        "msg": "a git-upload-pack request has Content-Type application/x-git-upload-pack-request, not none"}

@@ -26,6 +26,13 @@ NAME_PATTERN = r"^(?!.*\.lock$)[a-z0-9]+([._-][a-z0-9]+)*$"
 TAG_PATTERN = r"^(?!metadata$)(?!.*\.\.)(?!.*\.$)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 KEY_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
 COMMIT_PATTERN = "^[0-9a-f]{40}$"
+# A PUT .../metadata body (wogit.metadata.parse): tokens split at ASCII whitespace, each a simple key
+# (names.KEY_RULE) or a nested one (a `.`, `[` or `]`; at most 1024 characters), `=`, and a value
+# without whitespace, control characters (Cc) or line/paragraph separators.
+_SEPARATOR = r"[ \t\n\v\f\r]"
+_VALUE_CHAR = r"[^\x00-\x20\x7f-\x9f\u2028\u2029]"
+_NESTED_KEY = r"(?=[A-Za-z0-9_.\[\]-]{1,1024}=)[A-Za-z0-9_-]*[.\[\]][A-Za-z0-9_.\[\]-]*"
+METADATA_PATTERN = rf"^{_SEPARATOR}*(?:(?:[A-Za-z0-9_-]{{1,128}}|{_NESTED_KEY})={_VALUE_CHAR}*(?:{_SEPARATOR}+|$))*$"
 # The RFC 3339 times ?at= takes (Python's datetime.fromisoformat): upper-case T and Z, no leap second, no year 0.
 AT_TIME_PATTERN = r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 
@@ -440,8 +447,8 @@ def uploads() -> dict:
              **auth_errors(write=True), **body_errors(limit),
              **always(f"an empty body, a malformed or mismatching `{name}`, a body cut short{extra_400}")},
             needs("write", "any"), parameters=[announced],
-            body=raw_body(media, f"The {kind}'s bytes" + ("" if kind == "map" else " (UTF-8)"),
-                          {"type": "string", "format": "binary"} if kind == "map" else None),
+            body=raw_body(media, f"The {kind}'s bytes" + ("" if kind == "map" else " (UTF-8)") + ", not empty",
+                          {"type": "string", "minLength": 1, **({"format": "binary"} if kind == "map" else {})}),
             tags=["content"])}
 
     return {"/blobs/upload": upload("map", "`--max-map-size` (default 64 GiB)", ""),
@@ -546,7 +553,7 @@ def metadata() -> dict:
                                 "1 MiB (METADATA_TOO_LARGE)")},
                       needs("write"), params("repository", "map"),
                       body={"required": False, "description": "UTF-8 `key=value` pairs; empty changes nothing",
-                            "content": {"text/plain": {"schema": STRING}}},
+                            "content": {"text/plain": {"schema": {"type": "string", "pattern": METADATA_PATTERN}}}},
                       tags=["metadata"]),
             "get": op("getAllMetadata", "All metadata",
                       "One `key=value` line per key, sorted, each ending in LF (empty when there is none): the "
