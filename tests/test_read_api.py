@@ -121,7 +121,8 @@ def test_if_range_and_if_none_match(server, big):
     ("/configs/sha256:" + "0" * 64, 404, "digest sha256:" + "0" * 64 + " names no uploaded config that you may read"),
     ("/blobs/sha256:ABC", 400, "invalid digest 'sha256:ABC': must be sha256: followed by 64 lowercase hex digits"),
     ("/blobs/md5:00", 400, "invalid digest 'md5:00': must be sha256: followed by 64 lowercase hex digits"),
-    ("/blobs/upload", 400, "invalid digest 'upload': must be sha256: followed by 64 lowercase hex digits"),
+    ("/blobs/upload", 405, "GET is not allowed on /blobs/upload; allowed: PUT"),  # the upload's path
+    ("/blobs/uploads", 400, "invalid digest 'uploads': must be sha256: followed by 64 lowercase hex digits"),
 ])
 def test_blob_errors(server, path, status, msg):
     reply = requests.get(server.url + path)
@@ -446,7 +447,7 @@ def test_history_and_at(fresh_server):
     pages, links = follow(srv.url + "/osm/area/_history", n=3)
     assert [len(p) for p in pages] == [3, 1] and links == [f"/osm/area/_history?n=3&last={history[2]['commit']}"]
     bad = requests.get(srv.url + "/osm/area/_history", params={"last": unknown})
-    assert bad.status_code == 400
+    assert (bad.status_code, bad.json()) == (404, {"msg": f"commit {unknown} is not in the history of osm/area"})
 
 
 def _seconds(text: str) -> int:
@@ -623,3 +624,18 @@ def test_a_digest_route_still_answers_names_like_upload(server):
         reply = requests.get(server.url + path)
         assert (reply.status_code, reply.headers["Allow"] if "Allow" in reply.headers else None) == (400, None)
         assert reply.json()["msg"].startswith("invalid digest ")
+
+
+# Found by reliability/fuzz.py: a well-formed commit id not in the history was a 400, as if the
+# request were malformed; like ?at=, it names nothing here: 404.
+def test_history_last_must_be_a_commit_id_of_this_history(server, unique):
+    server.push(f"{unique}/m/v1")
+    server.push(f"{unique}/m/v2")
+    history = requests.get(f"{server.url}/{unique}/m/_history").json()["history"]
+    after_first = requests.get(f"{server.url}/{unique}/m/_history", params={"last": history[0]["commit"]})
+    assert (after_first.status_code, after_first.json()) == (200, {"history": history[1:]})
+    unknown = requests.get(f"{server.url}/{unique}/m/_history", params={"last": "e" * 40})
+    assert (unknown.status_code, unknown.json()) == (404, {"msg": f"commit {'e' * 40} is not in the history of {unique}/m"})
+    for bad in ("x", "E" * 40, "e" * 39, history[0]["commit"] + "0", ""):
+        refused = requests.get(f"{server.url}/{unique}/m/_history", params={"last": bad})
+        assert (refused.status_code, refused.json()) == (400, {"msg": f"last={bad!r} is not a commit id (40 lowercase hex digits)"})

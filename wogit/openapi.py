@@ -147,10 +147,10 @@ PARAMETERS = {
 }
 
 
-def last_param(token: str) -> dict:
+def last_param(token: str, schema: dict | None = None) -> dict:
     return query_param("last", f"Continuation token: {token}. Items strictly after it are answered (it need not "
                        "still exist). Follow the `Link` header rather than building tokens.",
-                       {"type": "string"})
+                       schema or {"type": "string"})
 
 
 def params(*names: str) -> list[dict]:
@@ -530,9 +530,13 @@ def listing() -> dict:
         "/{repository}/{map}/_history": {"get": op(
             "getHistory", "What happened to a map",
             "Tags created and deleted, metadata set and deleted, newest first. Paginated.",
-            {"200": ok("The history", ref("schemas", "History"), {"Link": header("Link")}), "404": unknown_map,
-             **auth_errors(), **always("an invalid name, a bad `n`, a `last` that is not a commit of this history")},
-            needs("read"), params("repository", "map", "n") + [last_param("a commit id of this history")],
+            {"200": ok("The history", ref("schemas", "History"), {"Link": header("Link")}),
+             "404": error("NotFound", "the repository or map does not exist (MAP_UNKNOWN), or `last` names a "
+                                      "commit not in its history (COMMIT_UNKNOWN)"),
+             **auth_errors(), **always("an invalid name, a bad `n`, a `last` that is not a commit id")},
+            needs("read"), params("repository", "map", "n") + [
+                last_param("a commit id of this history (another commit id is 404, COMMIT_UNKNOWN)",
+                           {"type": "string", "pattern": COMMIT_PATTERN})],
             tags=["lists"])},
     }
 
