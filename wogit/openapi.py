@@ -58,14 +58,34 @@ def json_content(schema: dict) -> dict:
 
 
 def ok(description: str, schema: dict | None = None, headers: dict | None = None,
-       content: dict | None = None) -> dict:
+       content: dict | None = None, links: dict | None = None) -> dict:
     answer = {"description": description,
               "headers": {"X-Request-Id": header("X-Request-Id"), **(headers or {})}}
     if schema is not None:
         answer["content"] = json_content(schema)
     if content is not None:
         answer["content"] = content
+    if links:
+        answer["links"] = links
     return answer
+
+
+def links(source: str, *operation_ids: str) -> dict:
+    """OpenAPI links from an answer to the operations that read what it names: ``source`` is
+    "digest" (an upload's answer) or "tag" (a tag as PUT and DELETE answer it)."""
+    if source == "digest":
+        parameters = {"digest": "$response.body#/digest"}
+    else:
+        parameters = {"repository": "$response.body#/repository", "map": "$response.body#/map",
+                      "tag_id": "$response.body#/tag"}
+    made = {}
+    for operation_id in operation_ids:
+        wanted = {k: v for k, v in parameters.items() if k != "tag_id" or operation_id in TAG_OPERATIONS}
+        made[operation_id[0].upper() + operation_id[1:]] = {"operationId": operation_id, "parameters": wanted}
+    return made
+
+
+TAG_OPERATIONS = ("getTag", "deleteTag")  # operations of /{repository}/{map}/{tag_id}: they take tag_id
 
 
 # -- who may call what ----------------------------------------------------------
@@ -440,7 +460,8 @@ def uploads() -> dict:
             f"upload{kind.title()}", f"Upload a {kind}",
             f"Stores the bytes, addressed by their digest. Maps and configs are separate kinds: the same bytes "
             f"may be uploaded once as each.",
-            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")}),
+            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")},
+                       links=links("digest", f"get{kind.title()}", f"get{kind.title()}Tags")),
              "409": {**error_response(f"These bytes were already uploaded as a {kind} (EXISTS)",
                                       **{name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")})},
              "422": error("HookRejected"), "503": error("Unavailable"),
@@ -589,7 +610,8 @@ def tags() -> dict:
     return {"/{repository}/{map}/{tag_id}": {
         "put": op("createTag", "Create a tag",
                   "Tags are immutable. A map exists once it has a tag. On any error nothing is created.",
-                  {"201": ok("Created", tag, {"Location": header("Location")}),
+                  {"201": ok("Created", tag, {"Location": header("Location")},
+                             links=links("tag", "getTag", "deleteTag", "listTags", "getHistory", "getAllMetadata")),
                    "404": error("NotFound", "a digest is malformed, unknown, or names content of the other kind "
                                             "(BLOB_UNKNOWN)"),
                    "409": error("Conflict", "the tag exists (EXISTS)"), "422": error("HookRejected"),
@@ -617,7 +639,8 @@ def tags() -> dict:
         "delete": op("deleteTag", "Delete a tag",
                      "Recorded in the map's history; the map and config stay stored until `wogit gc` finds no "
                      "tag uses them.",
-                     {"200": ok("The deleted tag, as PUT answered it", tag),
+                     {"200": ok("The deleted tag, as PUT answered it", tag,
+                                links=links("tag", "getTag", "listTags", "getHistory")),
                       "404": error("NotFound", "the tag does not exist (TAG_UNKNOWN)"), "503": error("Unavailable"),
                       **auth_errors(write=True), **always("an invalid name (NAME_INVALID)")},
                      needs("delete"), params("repository", "map", "tag_id"), tags=["tags"])}}
