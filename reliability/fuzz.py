@@ -84,6 +84,7 @@ class Tally:
     phases: dict[str, dict] = field(default_factory=dict)  # phase -> {"requests": n, "seconds": s}
     phase: str = ""
     slowest: tuple = (0.0, "")
+    links: dict = field(default_factory=dict)
 
 
 DOCUMENT_BYTES = (ROOT / "wogit" / "openapi.json").read_bytes()
@@ -297,6 +298,10 @@ def run_schemathesis(tally: Tally, url: str, values: dict[str, list], auth, phas
         for event in from_schema(schema).execute():
             if isinstance(event, events.PhaseStarted):
                 tally.phase, phase_started = event.phase.name.value, time.monotonic()
+                if event.payload is not None:  # the stateful phase: the links it follows
+                    tally.links = {"documented": event.payload.transitions_total - event.payload.inferred_transitions,
+                                   "inferred": event.payload.inferred_transitions,
+                                   "selected": event.payload.transitions_selected}
             elif isinstance(event, events.PhaseFinished) and tally.phase in tally.phases:
                 tally.phases[tally.phase]["seconds"] += round(time.monotonic() - phase_started, 1)
             if isinstance(event, events.ScenarioFinished):
@@ -381,7 +386,8 @@ def report(tallies: list[Tally], problems: list[str], mode: str, seed_value: int
         "operations_documented": len(DOCUMENTED),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "runs": [{"label": t.label, "requests": t.requests, "failures": len(t.failures), "errors": len(t.errors),
-                  "seconds": round(t.seconds, 1), "phases": t.phases, "slowest": t.slowest} for t in tallies],
+                  "seconds": round(t.seconds, 1), "phases": t.phases, "links": t.links,
+                  "slowest": t.slowest} for t in tallies],
         "by_operation": {label: {str(k): v for k, v in sorted(c.items())} for label, c in sorted(operations.items())},
         "failures_by_kind": dict(kinds),
         "failures": failures,
@@ -418,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the servers' data and logs here (default: a temporary "
                                                      "directory, removed)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wogit-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
