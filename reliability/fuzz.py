@@ -41,6 +41,9 @@ import requests
 
 from wogit import names
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from benchlib import Process  # noqa: E402  (the benchmarks' server processes)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Who the fuzzer is on the server with users: name -> (password, what [access] grants).
@@ -175,29 +178,13 @@ def _register_checks() -> None:
 
 # -- servers ------------------------------------------------------------------------------------
 
-class Server:
-    def __init__(self, workdir: Path, name: str, *args: str):
-        self.data = workdir / f"{name}.git"
-        self.log = workdir / f"{name}.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wogit", "serve", "--data", str(self.data), "--port", "0", *args],
-                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline()
-        match = re.search(r"on (http://[\d.]+:\d+)", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line}{self.log.read_text()}")
-        self.url = match.group(1)
+class Server(Process):
+    """``wogit serve`` on a data directory of its own (benchlib.Process: started, stopped by its PID)."""
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def __init__(self, workdir: Path, name: str, *args: str):
+        self.repository = workdir / f"{name}.git"
+        super().__init__([sys.executable, "-m", "wogit", "serve", "--data", str(self.repository), "--port", "0",
+                          *args], name, workdir / f"{name}.log", r"on (http://[\d.]+:\d+)", None)
 
     def log_faults(self) -> list[str]:
         """Lines of the server's log that show a fault: a traceback or an unexpected failure."""
@@ -360,8 +347,8 @@ def run(mode: str, seed_value: int, workdir: Path) -> dict:
             server.stop()
     for server in servers.values():
         problems += [f"{server.log.name}: {line}" for line in server.log_faults()]
-        if (damage := fsck(server.data)):
-            problems.append(f"git fsck --strict {server.data.name}: {damage}")
+        if (damage := fsck(server.repository)):
+            problems.append(f"git fsck --strict {server.repository.name}: {damage}")
     return report(tallies, problems, mode, seed_value, time.monotonic() - started)
 
 

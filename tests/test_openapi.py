@@ -381,3 +381,19 @@ def test_an_empty_upload_and_a_git_request_of_another_type_are_documented(server
     assert check(requests.post(server.url + "/_git/git-upload-pack", data=b"0000"), "post",
                  "/_git/git-upload-pack", 415) == {
         "msg": "a git-upload-pack request has Content-Type application/x-git-upload-pack-request, not none"}
+
+
+def test_every_link_names_an_operation_and_only_its_parameters():
+    by_id = {operation["operationId"]: (path, operation) for _, path, operation in operations()}
+    found = []
+    for method, path, operation in operations():
+        for code, answer in operation["responses"].items():
+            for name, link in answer.get("links", {}).items():
+                target_path, target = by_id[link["operationId"]]
+                taken = {p["name"] for p in (resolve(r["$ref"]) if "$ref" in r else r for r in target["parameters"])}
+                assert set(link["parameters"]) <= taken, (method, path, name)
+                assert set(re.findall(r"{(\w+)}", target_path)) <= set(link["parameters"]), (method, path, name)
+                found.append((method, path, code, link["operationId"]))
+    assert ("put", "/{repository}/{map}/{tag_id}", "201", "getTag") in found
+    assert ("delete", "/{repository}/{map}/{tag_id}", "200", "getTag") in found
+    assert ("put", "/blobs/upload", "201", "getMap") in found and ("put", "/configs/upload", "201", "getConfigTags") in found

@@ -62,34 +62,30 @@ candidates = st.one_of(
 
 # -- names -------------------------------------------------------------------------------------
 
-@FAST
-@given(candidates)
-def test_a_repository_or_map_name_is_accepted_exactly_as_documented(name):
-    valid = documented_repository(name)
-    assert names.is_repository(name) is valid
-    assert (re.search(openapi.NAME_PATTERN, name) is not None and len(name) <= 64) is valid
-    if valid:
-        names.check_map_name(name, name)
-    else:
-        with pytest.raises(errors.WogitError) as refused:
-            names.check_map_name(name, "map")
-        assert (refused.value.code, refused.value.status) == (errors.NAME_INVALID, 400)
-        with pytest.raises(errors.WogitError):
-            names.check_map_name("repository", name)
+#: Each kind of name: the documented rule, wogit.names' test, the document's pattern and length,
+#: and the checks that refuse it (a repository and a map name follow one rule).
+RULES = {
+    "repository": (documented_repository, names.is_repository, openapi.NAME_PATTERN, 64,
+                   [lambda n: names.check_map_name(n, "map"), lambda n: names.check_map_name("osm", n)]),
+    "tag": (documented_tag, names.is_tag, openapi.TAG_PATTERN, 128, [lambda n: names.check_tag_name("osm", "city", n)]),
+}
 
 
+@pytest.mark.parametrize("kind", RULES)
 @FAST
-@given(candidates)
-def test_a_tag_is_accepted_exactly_as_documented(name):
-    valid = documented_tag(name)
-    assert names.is_tag(name) is valid
-    assert (re.search(openapi.TAG_PATTERN, name) is not None and len(name) <= 128) is valid
-    if valid:
-        names.check_tag_name("osm", "city", name)
-    else:
-        with pytest.raises(errors.WogitError) as refused:
-            names.check_tag_name("osm", "city", name)
-        assert (refused.value.code, refused.value.status) == (errors.NAME_INVALID, 400)
+@given(name=candidates)
+def test_a_name_is_accepted_exactly_as_documented(kind, name):
+    documented, accepts, pattern, longest, checks = RULES[kind]
+    valid = documented(name)
+    assert accepts(name) is valid
+    assert (re.search(pattern, name) is not None and len(name) <= longest) is valid
+    for check in checks:
+        if valid:
+            check(name)
+        else:
+            with pytest.raises(errors.WogitError) as refused:
+                check(name)
+            assert (refused.value.code, refused.value.status) == (errors.NAME_INVALID, 400)
 
 
 @FAST
