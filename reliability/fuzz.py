@@ -88,6 +88,7 @@ class Tally:
     phase: str = ""
     slowest: tuple = (0.0, "")
     links: dict = field(default_factory=dict)
+    checks: collections.Counter = field(default_factory=collections.Counter)  # check -> times it ran
 
 
 DOCUMENT_BYTES = (ROOT / "wogit" / "openapi.json").read_bytes()
@@ -294,6 +295,7 @@ def run_schemathesis(tally: Tally, url: str, values: dict[str, list], auth, phas
             if isinstance(event, events.ScenarioFinished):
                 for case_id, checks in event.recorder.checks.items():
                     for check in checks:
+                        tally.checks[check.name] += 1
                         if check.status != Status.FAILURE or check.failure_info is None:
                             continue
                         failure = check.failure_info.failure
@@ -356,9 +358,11 @@ def report(tallies: list[Tally], problems: list[str], mode: str, seed_value: int
     operations: dict[str, collections.Counter] = {}
     statuses: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
+    checks: collections.Counter = collections.Counter()
     failures = []
     for tally in tallies:
         statuses.update(tally.statuses)
+        checks.update(tally.checks)
         for label, counts in tally.by_operation.items():
             operations.setdefault(label, collections.Counter()).update(counts)
         for sample in tally.failures.values():
@@ -376,6 +380,7 @@ def report(tallies: list[Tally], problems: list[str], mode: str, seed_value: int
                   "seconds": round(t.seconds, 1), "phases": t.phases, "links": t.links,
                   "slowest": t.slowest} for t in tallies],
         "by_operation": {label: {str(k): v for k, v in sorted(c.items())} for label, c in sorted(operations.items())},
+        "checks": dict(sorted(checks.items())),
         "failures_by_kind": dict(kinds),
         "failures": failures,
         "errors": errors,
@@ -391,6 +396,7 @@ def summary(result: dict) -> str:
     lines += [f"  {r['label']}: {r['requests']} requests, {r['failures']} failures, {r['errors']} errors, "
               f"{r['seconds']} s" for r in result["runs"]]
     lines.append("  statuses: " + ", ".join(f"{k}: {v}" for k, v in result["statuses"].items()))
+    lines.append("  checks run: " + ", ".join(f"{k}: {v}" for k, v in result["checks"].items()))
     kinds = result["failures_by_kind"]
     lines.append("  failures by kind: " + (", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) or "none"))
     for failure in result["failures"]:
