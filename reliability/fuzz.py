@@ -25,7 +25,6 @@ import argparse
 import collections
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -164,7 +163,8 @@ def _register_checks() -> None:
         query = case.query or {}
         if case.path == "/{repository}/{map}/_tags" and query.get("sort") == "time" and "last" in query:
             last = str(query["last"])
-            if not re.fullmatch(r"[0-9]{1,12},.*", last):
+            token = re.fullmatch(r"[0-9]{1,12},(.*)", last)
+            if not (token and names.is_tag(token.group(1))):
                 query["last"] = f"{len(last)},{last if names.is_tag(last) else 'v1'}"
         name = UPLOAD_HEADERS.get(case.path)
         if name and case.headers and name in case.headers:
