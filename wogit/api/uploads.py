@@ -34,8 +34,9 @@ class Slots:
     @contextlib.contextmanager
     def taken(self) -> Iterator[None]:
         if not self._free.acquire(blocking=False):
-            raise errors.TOO_MANY_UPLOADS(f"{self.bound} uploads are running, as many as this registry takes "
-                                          f"at once; retry in {RETRY_AFTER} s", {"Retry-After": str(RETRY_AFTER)})
+            raise errors.TOO_MANY_UPLOADS(f"this registry takes {self.bound} upload{'s' if self.bound > 1 else ''} "
+                                          f"at once and as many are running; retry in {RETRY_AFTER} s",
+                                          {"Retry-After": str(RETRY_AFTER)})
         if self.gauge is not None:
             self.gauge.inc()
         try:
