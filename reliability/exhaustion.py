@@ -242,13 +242,7 @@ class TightServer:
 
     def stop(self) -> None:
         self.session.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         self.log.seek(0)
         text = self.log.read()
         self.log.close()
@@ -258,6 +252,17 @@ class TightServer:
         else:
             os.rmdir(self.mount)  # the tmpfs went with its namespace
         self.log_text = text
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (requests in flight finish), SIGKILL if the server is still there 30 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _ignore_sigxfsz() -> None:
@@ -453,7 +458,9 @@ class Harness:
                     self.violation(name, f"deleted key {key} reads back {got.status_code}")
             self.attempt("delete metadata", free, lambda k=key: self.srv.session.delete(
                 f"{base}/metadata/{k}", timeout=30), must_fail=free == 0, ok_status=200, verify=verify)
-        for packed, free in [(False, level) for level in self.small_levels()[:2]] + [(True, 0)]:
+        # packed: room for the deletion's commit and history ref, not for a new packed-refs
+        for packed, free in [(False, level) for level in self.small_levels()[:2]] + [
+                (True, level) for level in (0, 2 * PAGE, 3 * PAGE)]:
             tag = self.unique("t")
             assert self.srv.session.put(f"{base}/{tag}", json={"map_digest": map_digest,
                                         "config_digest": config_digest}, timeout=30).status_code == 201
@@ -463,6 +470,8 @@ class Harness:
                 if got.status_code != 404:
                     self.violation(name, f"deleted tag {tag} reads back {got.status_code}")
             if packed:  # as an operator's git gc leaves them: deleting one rewrites packed-refs
+                while len(self.srv.refs()) < 100:  # a packed-refs of several pages
+                    assert self.upload(names.CONFIG, b"n: %d\n" % self.rng.randrange(10 ** 12), False).status_code == 201
                 self.srv.git("pack-refs", "--all")
             self.attempt(f"delete tag ({'packed' if packed else 'loose'} refs)", free,
                          lambda t=tag: self.srv.session.delete(f"{base}/{t}", timeout=30),
@@ -717,9 +726,8 @@ def flood(mode_figures: Figures, short: bool, slots: int = 3, threads: int = 8) 
     finally:
         for upload in held:
             upload.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        if proc is not None:
+            _stop(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

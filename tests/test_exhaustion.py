@@ -8,10 +8,12 @@ are not allowed, a file-size limit on the server (RLIMIT_FSIZE): see reliability
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -146,18 +148,24 @@ def test_metadata_whose_second_value_does_not_fit_is_507_and_leaves_no_object(di
 
 @tmpfs_only
 def test_deleting_a_packed_tag_on_a_full_disk_is_507_and_keeps_it(disk, unique):
-    # git rewrites packed-refs to delete a packed ref: its "No space left on device" is a 507 too,
-    # not a lock to wait for (30 s, then 503) nor a 500.
+    # git rewrites packed-refs to delete a packed ref: with room for the deletion's commit and
+    # the history ref but not for a new packed-refs (3 pages), git's "fatal: error writing to
+    # packed-refs.new: No space left on device" was a 500; with less, git names the lock it could
+    # not write, and that was taken for a contended lock (retried).
     map_digest, config_digest = pushed(disk, unique)
     tag = f"{disk.url}/{unique}/area/v1"
     assert requests.put(tag, json={"map_digest": map_digest, "config_digest": config_digest},
                         timeout=30).status_code == 201
+    for n in range(80):  # a packed-refs of several pages
+        assert upload(disk, names.CONFIG, f"{unique}: {n}\n".encode()).status_code == 201
     disk.git("pack-refs", "--all")
-    before = disk.refs()
-    disk.leave(0)
-    assert_full(requests.delete(tag, timeout=30))
-    assert_nothing_left(disk, before)
-    disk.recover()
+    assert os.path.getsize(os.path.join(disk.git_dir, "packed-refs")) > 2 * PAGE
+    for free in (3 * PAGE, 2 * PAGE):
+        before = disk.refs()
+        disk.leave(free)
+        assert_full(requests.delete(tag, timeout=30))
+        assert_nothing_left(disk, before)
+        disk.recover()
     assert requests.delete(tag, timeout=30).status_code == 200
     assert requests.get(tag, timeout=30).status_code == 404
 
@@ -189,8 +197,6 @@ def test_a_download_while_the_disk_fills_is_whole_and_cached_once_space_is_back(
     disk.recover()
     again = requests.get(tag, timeout=60)
     assert (again.status_code, again.content) == (200, content)  # a reproducible tarball: the same bytes
-    import io
-    import tarfile
     with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
         assert tar.extractfile("map").read() == map_data
     while set(os.listdir(cache)) == cached_before and time.monotonic() < deadline + 10:
