@@ -8,7 +8,8 @@ Writes are safe across threads and processes: every ref change is an atomic
 create (tags, digest index) or a compare-and-swap of the old value (metadata),
 retried on lock contention or a lost race, so no update is lost and nothing
 half-written becomes visible.  Objects and refs are fsync'd before a write
-returns.
+returns.  A write that runs out of disk space removes what it wrote and raises
+INSUFFICIENT_STORAGE (``_storing``); the next one succeeds once space is freed.
 """
 
 from __future__ import annotations
