@@ -647,10 +647,9 @@ def _length(answer: bytes) -> int:
     return int(match.group(1)) if match else 0
 
 
-def flood(mode_figures: Figures, short: bool, slots: int = 3, threads: int = 8) -> None:
+def flood(figures: Figures, short: bool, slots: int = 3, threads: int = 8) -> None:
     """N slow uploads held open; the (N+1)th is 503 at once; reads still served; after one
     finishes a new upload succeeds; a flood of refused uploads keeps memory bounded."""
-    figures = mode_figures
     data_dir = tempfile.mkdtemp(prefix="wogit-exhaust-flood-")
     proc = None
     held: list[SlowUpload] = []
@@ -693,7 +692,7 @@ def flood(mode_figures: Figures, short: bool, slots: int = 3, threads: int = 8) 
         def refused() -> None:
             try:
                 statuses.append(requests.put(url + "/blobs/upload", data=body, timeout=30).status_code)
-            except requests.RequestException as exc:
+            except requests.RequestException:
                 statuses.append(-1)
         workers = [threading.Thread(target=refused) for _ in range(16 if short else 64)]
         for worker in workers:

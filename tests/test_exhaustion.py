@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ import requests
 
 from conftest import ROOT, sha256
 from wogit import config, names
+from wogit.client import Client
 from wogit.settings import Settings
 
 _spec = importlib.util.spec_from_file_location("exhaustion", ROOT / "reliability" / "exhaustion.py")
@@ -283,6 +285,31 @@ def test_an_upload_beyond_max_uploads_is_503_with_retry_after_at_once_and_reads_
         time.sleep(0.05)
     after = upload(srv, names.CONFIG, b"after: 1\n")
     assert (after.status_code, after.json()) == (201, {"digest": sha256(b"after: 1\n")})
+
+
+def test_the_client_sends_an_upload_again_after_retry_after(fresh_server, tmp_path):
+    srv = fresh_server(None, "--threads", "4", "--max-uploads", "1")
+    held = exhaustion.SlowUpload(srv.url, os.urandom(1 << 20), 65536)
+    plain = exhaustion._Plain(srv.url, srv.proc, str(srv.data))
+    deadline = time.monotonic() + 20
+    while plain.metric("wogit_uploads_in_progress") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "map").write_bytes(b"the map")
+    (tmp_path / "config").write_bytes(b"the: config\n")
+    pushed = {}
+
+    def push() -> None:
+        with Client(srv.url) as client:
+            pushed["result"] = client.push("osm", "area", "v1", tmp_path / "map", tmp_path / "config")
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    while (plain.metric('wogit_http_requests_total{method="PUT",route="/blobs/upload",status="503"}') is None
+           and time.monotonic() < deadline + 30):
+        time.sleep(0.05)  # refused at least once: then the held upload ends
+    assert held.finish()[0] == 201
+    pusher.join(60)
+    assert pushed["result"].map_uploaded and pushed["result"].tag_created
+    assert requests.head(srv.url + "/osm/area/v1", timeout=10).headers["Wo-Map-Digest"] == sha256(b"the map")
 
 
 def test_max_uploads_defaults_to_the_threads_less_four(tmp_path):
