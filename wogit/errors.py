@@ -70,10 +70,12 @@ TOO_LARGE = _declare("TOO_LARGE", 413, "the request body is larger than this reg
 HOOK_REJECTED = _declare("HOOK_REJECTED", 422, "an operator's validation hook (wo-validate-map, -config, -tag) refused the content; msg is its stderr")
 TOO_MANY_ATTEMPTS = _declare("TOO_MANY_ATTEMPTS", 429, "too many failed logins from this address; wait Retry-After seconds")
 UNAVAILABLE = _declare("UNAVAILABLE", 503, "the registry is busy; retry shortly")
+TOO_MANY_UPLOADS = _declare("TOO_MANY_UPLOADS", 503, "as many uploads as the registry takes at once (max_uploads) are running; retry after Retry-After seconds")
 NOT_READY = _declare("NOT_READY", 503, "the registry cannot read or write its repository (GET /readyz); msg says what failed")
 REPOSITORY_DAMAGED = _declare("REPOSITORY_DAMAGED", 500, "git cannot read objects the registry's refs name; an operator should run wogit fsck")
 RULE_BROKEN = _declare("RULE_BROKEN", 500, "a write would have broken the registry's layout rules (a bug); nothing changed")
 INTERNAL = _declare("INTERNAL", 500, "the registry failed unexpectedly; the request changed nothing")
+INSUFFICIENT_STORAGE = _declare("INSUFFICIENT_STORAGE", 507, "the registry's disk is full (or its quota reached); nothing was stored, retry once space is freed")
 
 
 def markdown_table() -> str:

@@ -294,7 +294,7 @@ HEADERS = {
                             "schema": STRING},
     "WWW-Authenticate": {"description": 'Always `Basic realm="wogit", charset="UTF-8"`.',
                          "schema": {"const": 'Basic realm="wogit", charset="UTF-8"'}},
-    "Retry-After": {"description": "Seconds to wait before trying to log in again.",
+    "Retry-After": {"description": "Seconds to wait before trying again (to log in: 429; to upload: 503).",
                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
 }
 
@@ -325,6 +325,12 @@ RESPONSES = {
     "TooManyRequests": error_response("Too many failed logins from this address (TOO_MANY_ATTEMPTS); verified "
                                       "credentials are not refused.", **{"Retry-After": header("Retry-After")}),
     "Unavailable": error_response("The registry is busy (UNAVAILABLE); retry shortly."),
+    "UploadsBusy": error_response("The registry is busy (UNAVAILABLE), or runs as many uploads as it takes at once "
+                                  "(`--max-uploads`; TOO_MANY_UPLOADS, answered before the body is read, with "
+                                  "Retry-After); retry shortly.", **{"Retry-After": header("Retry-After")}),
+    "InsufficientStorage": error_response("The registry's disk is full or its quota reached "
+                                          "(INSUFFICIENT_STORAGE); nothing was stored, and the same request "
+                                          "succeeds once space is freed."),
     "InternalError": error_response("The registry failed unexpectedly (INTERNAL, RULE_BROKEN), or its repository is damaged (REPOSITORY_DAMAGED); nothing changed."),
 }
 
@@ -464,7 +470,7 @@ def uploads() -> dict:
                        links=links("digest", f"get{kind.title()}", f"get{kind.title()}Tags")),
              "409": {**error_response(f"These bytes were already uploaded as a {kind} (EXISTS)",
                                       **{name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")})},
-             "422": error("HookRejected"), "503": error("Unavailable"),
+             "422": error("HookRejected"), "503": error("UploadsBusy"), "507": error("InsufficientStorage"),
              **auth_errors(write=True), **body_errors(limit),
              **always(f"an empty body, a malformed or mismatching `{name}`, a body cut short{extra_400}")},
             needs("write", "any"), parameters=[announced],
@@ -572,7 +578,8 @@ def metadata() -> dict:
                       "`key=value` pairs separated by ASCII whitespace, merged into the map's metadata (the last "
                       "of a repeated key wins; nested keys are ignored). On any 400 nothing is applied.",
                       {"200": ok("Applied", ref("schemas", "MetadataSet")), "404": unknown_map,
-                       "503": error("Unavailable"), **auth_errors(write=True), **body_errors("1 MiB"),
+                       "503": error("Unavailable"), "507": error("InsufficientStorage"),
+                       **auth_errors(write=True), **body_errors("1 MiB"),
                        **always("an invalid name, a token without `=`, an invalid key, a value with a control "
                                 "character or a space, a body that is not UTF-8, metadata beyond 1000 keys or "
                                 "1 MiB (METADATA_TOO_LARGE)")},
@@ -599,8 +606,8 @@ def metadata() -> dict:
             "delete": op("deleteMetadata", "Delete a metadata key", "Recorded in the map's history.",
                          {"200": ok("Deleted", ref("schemas", "MetadataDeleted")),
                           "404": error("NotFound", "the key or map does not exist (KEY_UNKNOWN, MAP_UNKNOWN)"),
-                          "503": error("Unavailable"), **auth_errors(write=True),
-                          **always("an invalid repository or map name (NAME_INVALID)")},
+                          "503": error("Unavailable"), "507": error("InsufficientStorage"),
+                          **auth_errors(write=True), **always("an invalid repository or map name (NAME_INVALID)")},
                          needs("write"), params("repository", "map", "key"), tags=["metadata"])},
     }
 
@@ -615,7 +622,7 @@ def tags() -> dict:
                    "404": error("NotFound", "a digest is malformed, unknown, or names content of the other kind "
                                             "(BLOB_UNKNOWN)"),
                    "409": error("Conflict", "the tag exists (EXISTS)"), "422": error("HookRejected"),
-                   "503": error("Unavailable"),
+                   "503": error("Unavailable"), "507": error("InsufficientStorage"),
                    **auth_errors(write=True), **body_errors("1 MiB"),
                    **always("an invalid name; an empty body; a body that is not a JSON object with both fields as "
                             "strings (BODY_INVALID)")},
@@ -642,7 +649,8 @@ def tags() -> dict:
                      {"200": ok("The deleted tag, as PUT answered it", tag,
                                 links=links("tag", "getTag", "listTags", "getHistory")),
                       "404": error("NotFound", "the tag does not exist (TAG_UNKNOWN)"), "503": error("Unavailable"),
-                      **auth_errors(write=True), **always("an invalid name (NAME_INVALID)")},
+                      "507": error("InsufficientStorage"), **auth_errors(write=True),
+                      **always("an invalid name (NAME_INVALID)")},
                      needs("delete"), params("repository", "map", "tag_id"), tags=["tags"])}}
 
 
