@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -566,6 +567,38 @@ def test_tag_deletion_handed_to_git_completes_when_the_service_is_killed(fresh_s
     history = requests.get(f"{again.url}/osm/area/_history").json()["history"]
     assert [(c["action"], c["tag"]) for c in history] == [("delete-tag", "v1"), ("create-tag", "v1")]
     fsck(data)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="reads the system calls with strace")
+def test_tag_deletion_syncs_the_directories_git_changed(fresh_server, tmp_path):
+    """reliability/crash.py (its durability check): the `git update-ref` of a tag deletion
+    syncs the files it writes (core.fsync=all) but not their directories, so the 200 came
+    before the history ref's rename, packed-refs' and the tag ref's removal were durable.
+    The store syncs those directories after git, before answering."""
+    data = tmp_path / "registry.git"
+    srv = fresh_server(data)
+    srv.push("osm/area/v1")
+    srv.stop()
+    trace = tmp_path / "trace"
+    service = subprocess.Popen(["strace", "-f", "-y", "-qq", "-s", "12", "-o", str(trace), "-e", "trace=fsync,sendto",
+                                sys.executable, "-m", "wogit", "serve", "--data", str(data), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=Path(__file__).parent.parent)
+    try:
+        url = service.stdout.readline().split(" on ")[1].split()[0]
+        assert requests.delete(f"{url}/osm/area/v1", timeout=30).status_code == 200
+    finally:
+        server = int(Path(f"/proc/{service.pid}/task/{service.pid}/children").read_text().split()[0])
+        os.kill(server, signal.SIGTERM)
+        service.wait(30)
+        service.stdout.close()
+    lines = trace.read_text().splitlines()
+    answer = next(i for i, line in enumerate(lines) if '"HTTP/1.1 200' in line)
+    synced = {line.split("<", 1)[1].split(">", 1)[0] for line in lines[:answer] if " fsync(" in line}
+    # the history ref's directory; the tag's (refs/wo/osm/area and refs/wo/osm, emptied and
+    # removed by git): their parent; packed-refs'
+    assert {str(data / "refs/wo/_metadata/osm"), str(data / "refs/wo"), str(data)} <= synced, synced
+    assert not (data / "refs/wo/osm").exists()
 
 
 def _ignore_errors(call, *args, **kwargs) -> None:

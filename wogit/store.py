@@ -758,6 +758,12 @@ class Store:
                                 input=f"start\n{commands}commit\n", capture_output=True, text=True,
                                 env=objects.GIT_ENV, start_new_session=True)
         if result.returncode == 0:
+            if self.fsync:  # git syncs the files it writes (core.fsync), not their directories
+                touched = {os.path.dirname(os.path.join(self.path, line.split()[1])) for line in commands.splitlines()}
+                for folder in sorted(touched | {self.path}):  # the refs' and packed-refs'
+                    while not os.path.isdir(folder):  # git removes the directories a deletion empties
+                        folder = os.path.dirname(folder)
+                    objects.fsync_dir(folder)
             self._changed()
             return
         if any(sign in result.stderr for sign in ("but expected", "reference already exists", ".lock",
