@@ -191,7 +191,8 @@ class Figures:
     restarts: int = 0
     wogit_fscks: int = 0
     locks_after_kill: int = 0
-    tmp_files_after_kill: int = 0
+    tmp_files_left: int = 0  # temporary objects of killed writes at the end (git prune sweeps them)
+    tmp_bytes_left: int = 0
     first_write_max_seconds: float = 0.0
     restart_max_seconds: float = 0.0
     checks_max_seconds: float = 0.0
@@ -202,10 +203,6 @@ class Figures:
     violations: int = 0
     violation_list: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
-
-
-class Violation(Exception):
-    pass
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -235,10 +232,10 @@ class Driver:
     def new_map_bytes(self, big: bool) -> bytes:
         self.counter += 1
         size = self.rng.randint(1 << 20, 4 << 20) if big else self.rng.randint(1, 64 << 10)
-        if self.rng.random() < 0.5:  # compressible: the deflated path; else stored blocks
+        if size >= 64 and self.rng.random() < 0.5:  # compressible: the deflated path; else stored blocks
             line = b"%d map %d " % (self.counter, self.rng.getrandbits(32))
             return (line * (size // len(line) + 1))[:size]
-        return self.counter.to_bytes(8, "big") + self.rng.randbytes(max(0, size - 8))
+        return self.counter.to_bytes(8, "big") + self.rng.randbytes(max(0, size - 8))  # unique: the counter
 
     def new_config_bytes(self) -> bytes:
         self.counter += 1
@@ -257,7 +254,7 @@ class Driver:
         """One operation of the mix, acknowledged or refused as the model says it must be."""
         m = self.model
         existing = [w for w in MAPS if m.map_exists(w)]
-        tagged = [t for t in m.tags]
+        tagged = list(m.tags)
         maps = [d for k, d in m.blobs if k == names.MAP]
         configs = [d for k, d in m.blobs if k == names.CONFIG]
         choices = [("upload-small", 12), ("upload-big", 4), ("upload-config", 8)]
@@ -308,7 +305,7 @@ class Driver:
         digest = sha256(data)
         with self.lock:
             stored = (kind, digest) in self.model.blobs
-        if not self.expect(f"upload of {kind} {digest}", status, 409 if stored else (201, 409), body):
+        if not self.expect(f"upload of {kind} {digest}", status, 409 if stored else 201, body):
             return
         if json.loads(body).get("digest", digest) != digest and status == 201:
             self.violation(f"upload of {kind}: answered digest {body!r}, not {digest}")
@@ -386,7 +383,8 @@ class Driver:
         wanted = {"map": self.model.blobs[(names.MAP, map_digest)],
                   "metadata": wo_metadata.serialise(self.model.metadata.get(where[:2], {})),
                   "config": self.model.blobs[(names.CONFIG, config_digest)]}
-        if members != wanted or headers.get("wo-map-digest") != map_digest:
+        if members != wanted or (headers.get("wo-map-digest"), headers.get("wo-config-digest")) != \
+                (map_digest, config_digest):
             got = {k: (len(v), sha256(v)) for k, v in members.items()}
             self.violation(f"GET tarball {where}: members {got}, expected "
                            f"{ {k: (len(v), sha256(v)) for k, v in wanted.items()} }")
@@ -414,7 +412,8 @@ class Driver:
             reply = conn.getresponse()
             if reply.status != 200:
                 self.violation(f"GET tarball before a kill: {reply.status}")
-            reply.read(self.rng.randint(1, 1 << 20))
+            length = int(reply.getheader("Content-Length") or 1 << 20)  # chunked: at least 1 MiB
+            reply.read(self.rng.randint(1, max(1, length // 2)))  # at most half of it
             self.server.kill()
         finally:
             conn.close()
@@ -444,7 +443,8 @@ class Driver:
                              lambda w=where, i=items, s=separator: self.set_metadata(w, i, s)))
             elif kind == "unset":
                 key = self.rng.choice(sorted(before))
-                jobs.append((Pending("unset", where, before=before, after={k: v for k, v in before.items() if k != key}),
+                after = {k: v for k, v in before.items() if k != key}
+                jobs.append((Pending("unset", where, before=before, after=after),
                              lambda w=where, k=key: self.delete_key(w, k)))
             elif kind == "untag":
                 tag = self.rng.choice(tags)
@@ -534,7 +534,8 @@ class Driver:
             self.figures.unacknowledged_applied += applied
             if p.kind != "upload" and m.map_exists(p.where[:2]):
                 items, separator = self.new_items(), self.new_separator()
-                redo.append((f"set {p.where[:2]}", lambda w=p.where[:2], i=items, s=separator: self.set_metadata(w, i, s)))
+                redo.append((f"set {p.where[:2]}",
+                             lambda w=p.where[:2], i=items, s=separator: self.set_metadata(w, i, s)))
         self.pending = []
         return redo
 
@@ -581,19 +582,23 @@ class Driver:
             self.figures.wogit_fscks += 1
             if ours.returncode != 0:
                 self.violation(f"wogit fsck: {ours.returncode} {ours.stdout[-500:]} {ours.stderr[-500:]}")
-        fsynced = subprocess.run(["git", "--git-dir", str(data), "config", "core.fsync"], capture_output=True, text=True)
+        fsynced = subprocess.run(["git", "--git-dir", str(data), "config", "core.fsync"],
+                                 capture_output=True, text=True)
         if fsynced.stdout.strip() != "all":  # what git's own ref transactions (tag deletions) sync
             self.violation(f"core.fsync is {fsynced.stdout.strip()!r}, not 'all'")
         # The refs, read with git: exactly the model's, each naming exactly the model's trees.
-        listed = subprocess.run(["git", "--git-dir", str(data), "for-each-ref", "--format=%(refname) %(objectname) %(tree)",
+        listed = subprocess.run(["git", "--git-dir", str(data), "for-each-ref",
+                                 "--format=%(refname) %(objectname) %(tree)",
                                  names.NAMESPACE], capture_output=True, text=True, check=True).stdout
         # a digest index ref names a tree, a tag or a metadata history a commit (docs/layout.md)
         actual = {ref: tree or oid for ref, oid, tree in (line.split(" ") for line in listed.splitlines())}
-        wanted = {names.blob_ref(kind, digest): tree_id({kind: git_blob_id(b)}) for (kind, digest), b in m.blobs.items()}
+        wanted = {names.blob_ref(kind, digest): tree_id({kind: git_blob_id(b)})
+                  for (kind, digest), b in m.blobs.items()}
         wanted.update({names.tag_ref(*t): tree_id({names.MAP: git_blob_id(m.blobs[(names.MAP, md)]),
                                                    names.CONFIG: git_blob_id(m.blobs[(names.CONFIG, cd)])})
                        for t, (md, cd) in m.tags.items()})
-        wanted.update({names.metadata_ref(*w): tree_id({k: git_blob_id(v.encode()) for k, v in m.metadata.get(w, {}).items()})
+        wanted.update({names.metadata_ref(*w): tree_id({k: git_blob_id(v.encode())
+                                                        for k, v in m.metadata.get(w, {}).items()})
                        for w in m.history})
         for ref in sorted(set(actual) | set(wanted)):
             if actual.get(ref) != wanted.get(ref):
@@ -624,20 +629,55 @@ def tree_id(entries: dict[str, str]) -> str:
     return hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
 
 
-def leftovers(data: Path) -> tuple[list[str], list[str]]:
+def kill_and_restart(driver: Driver, how: str, kills: int, data: Path) -> bool:
+    """One kill of the kind ``how``, the restart, and every check; False if it did not restart."""
+    figures, server = driver.figures, driver.server
+    if how == "mid-tarball":
+        driver.ensure_big_tag()
+        driver.kill_mid_tarball()
+    elif how == "mid-upload":
+        driver.kill_mid_upload()
+        figures.operations += 1
+    elif how == "in-flight":
+        driver.kill_in_flight()
+    else:
+        server.kill()
+    figures.kills += 1
+    counter = "kills_" + how.replace("-", "_")
+    setattr(figures, counter, getattr(figures, counter) + 1)
+    locks, tmps = leftovers(data)  # a dead writer's, or those of a git finishing by itself
+    figures.locks_after_kill += len(locks)
+    figures.tmp_files_left, figures.tmp_bytes_left = len(tmps), sum(p.stat().st_size for p in tmps)
+    if locks:
+        print(f"kill {figures.kills} ({how}) left {locks}", flush=True)
+    try:
+        figures.restart_max_seconds = max(figures.restart_max_seconds, round(server.start(), 3))
+    except RuntimeError as exc:
+        driver.violation(f"the server did not start again without repair: {exc}")
+        return False
+    figures.restarts += 1
+    checks = time.monotonic()
+    driver.first_writes(driver.resolve_pending())
+    driver.check_everything(data, thorough=figures.restarts % 5 == 0 or figures.kills == kills)
+    figures.checks_max_seconds = max(figures.checks_max_seconds, round(time.monotonic() - checks, 3))
+    print(f"kill {figures.kills}/{kills} ({how}) after {figures.operations} operations: "
+          f"{figures.violations} violations", flush=True)
+    return True
+
+
+def leftovers(data: Path) -> tuple[list[str], list[Path]]:
     """The lock files and temporary objects in a data directory (what a killed process left)."""
     locks = sorted(str(p.relative_to(data)) for p in data.rglob("*.lock"))
-    tmps = sorted(p.name for p in (data / "objects").glob("tmp_*"))
-    return locks, tmps
+    return locks, sorted((data / "objects").glob("tmp_*"))
 
 
 # -- durability: what a 2xx has synced ------------------------------------------------------------
 
-PUBLISH = re.compile(r'^(\d+) ([\d.]+) (rename|renameat|renameat2|unlink|unlinkat)\((.*)\) = 0')
-FSYNC = re.compile(r'^(\d+) ([\d.]+) (?:fsync|fdatasync)\(\d+<([^>]*)>(\) = 0| <unfinished \.\.\.>)')
-RMDIR = re.compile(r'^(\d+) ([\d.]+) rmdir\("([^"]*)"\) = 0')
-RESUMED = re.compile(r'^(\d+) ([\d.]+) <\.\.\. (?:fsync|fdatasync) resumed>\) = 0')
-ANSWER = re.compile(r'^(\d+) ([\d.]+) (?:sendto|write|sendmsg)\(\d+<(?:socket|TCP)[^>]*>, "HTTP/1.1 2')
+PUBLISH = re.compile(r'^(\d+) +([\d.]+) (rename|renameat|renameat2|unlink|unlinkat)\((.*)\) = 0')
+FSYNC = re.compile(r'^(\d+) +([\d.]+) (?:fsync|fdatasync)\(\d+<([^>]*)>(\) = 0| <unfinished \.\.\.>)')
+RMDIR = re.compile(r'^(\d+) +([\d.]+) rmdir\("([^"]*)"\) = 0')
+RESUMED = re.compile(r'^(\d+) +([\d.]+) <\.\.\. (?:fsync|fdatasync) resumed>\) = 0')
+ANSWER = re.compile(r'^(\d+) +([\d.]+) (?:sendto|write|sendmsg)\(\d+<(?:socket|TCP)[^>]*>, "HTTP/1.1 2')
 PATHS = re.compile(r'"([^"]*)"')
 
 
@@ -666,6 +706,7 @@ def durability(work: Path) -> dict:
     driver.delete_tag(tag)
     driver.delete_tag(("osm", "north", "v2"))
     server.stop()
+    writes = driver.figures.acknowledged_writes
     root = os.path.realpath(data)
     synced: set[str] = set()  # files and directories fsync'd since they last changed
     waiting: dict[str, str] = {}  # directory -> what it must sync for
@@ -701,12 +742,18 @@ def durability(work: Path) -> dict:
             answers += 1
             problems += [f"a 2xx answered before its directory was fsync'd after {what}" for what in waiting.values()]
             waiting.clear()
+    if answers != writes:  # the trace must show every answer, or it proves nothing
+        problems.append(f"the trace shows {answers} answers of the {writes} writes")
     return {"durability_answers": answers, "durability_publishes": checked, "durability_problems": problems}
 
 
 # -- the run ----------------------------------------------------------------------------------------
 
+KILLS = {"mid-upload": 3, "mid-tarball": 2, "in-flight": 4, "idle": 1}  # how often each kind is drawn
+
+
 def run(seed: int, operations: int, kills: int, workers: int, work: Path) -> Figures:
+    """``operations`` operations at least, with ``kills`` kills spread evenly among them."""
     figures = Figures(seed=seed, workers=workers)
     begin = time.monotonic()
     rng = random.Random(seed)
@@ -715,48 +762,21 @@ def run(seed: int, operations: int, kills: int, workers: int, work: Path) -> Fig
     server = Server(data, workers, logs)
     server.start()
     driver = Driver(server, rng, figures)
-    plan = [rng.choices(["mid-upload", "mid-tarball", "in-flight", "idle"], [3, 2, 4, 1])[0] for _ in range(kills)]
+    plan = rng.choices(list(KILLS), list(KILLS.values()), k=kills)
     at = [(i + 1) * operations // (kills + 1) for i in range(kills)]
     try:
         while figures.operations < operations or figures.kills < kills:
             if figures.kills < kills and figures.operations >= at[figures.kills]:
-                how = plan[figures.kills]
-                if how == "mid-tarball":
-                    driver.ensure_big_tag()
-                    driver.kill_mid_tarball()
-                elif how == "mid-upload":
-                    driver.kill_mid_upload()
-                    figures.operations += 1
-                elif how == "in-flight":
-                    driver.kill_in_flight()
-                else:
-                    server.kill()
-                figures.kills += 1
-                setattr(figures, "kills_" + how.replace("-", "_"), getattr(figures, "kills_" + how.replace("-", "_")) + 1)
-                locks, tmps = leftovers(data)
-                figures.locks_after_kill += len(locks)
-                figures.tmp_files_after_kill += len(tmps)
-                if locks:
-                    print(f"kill {figures.kills} ({how}) left {locks}", flush=True)
-                try:
-                    figures.restart_max_seconds = max(figures.restart_max_seconds, round(server.start(), 3))
-                except RuntimeError as exc:
-                    driver.violation(f"the server did not start again without repair: {exc}")
+                if not kill_and_restart(driver, plan[figures.kills], kills, data):
                     break
-                figures.restarts += 1
-                checks = time.monotonic()
-                driver.first_writes(driver.resolve_pending())
-                driver.check_everything(data, thorough=figures.restarts % 5 == 0 or figures.kills == kills)
-                figures.checks_max_seconds = max(figures.checks_max_seconds, round(time.monotonic() - checks, 3))
-                print(f"kill {figures.kills}/{kills} ({how}) after {figures.operations} operations: "
-                      f"{figures.violations} violations", flush=True)
             else:
                 driver.random_operation()
     finally:
         if server.proc.poll() is None:
             server.stop()
-        if "Traceback" in server.log_text():
-            driver.violation(f"a traceback in the server's log: {server.log_text()[-2000:]}")
+        for log in sorted(logs.glob("server.*.log")):
+            if "Traceback" in log.read_text(errors="replace"):
+                driver.violation(f"a traceback in {log.name}: {log.read_text(errors='replace')[-2000:]}")
     if shutil.which("strace"):
         for key, value in durability(work).items():
             setattr(figures, key, value)
@@ -769,7 +789,8 @@ def run(seed: int, operations: int, kills: int, workers: int, work: Path) -> Fig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ops", type=int, default=2400, help="operations at least (default 2400)")
     parser.add_argument("--kills", type=int, default=60, help="kill -9s, spread over the operations (default 60)")
