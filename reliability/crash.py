@@ -621,6 +621,9 @@ class Driver:
         for where in sorted(m.deleted - set(m.tags)):
             status, _, body = self.server.request("GET", "/" + "/".join(where))
             self.expect(f"GET deleted tag {where}", status, 404, body)
+        locks, _ = leftovers(data)  # the first writes went through every lock a killed writer left
+        if locks:
+            self.violation(f"lock files left after the first writes: {locks}")
 
 
 def tree_id(entries: dict[str, str]) -> str:
