@@ -484,8 +484,10 @@ def test_lock_of_a_writer_killed_holding_it_is_broken_at_once(fresh_server, tmp_
     head = refs(data)[ref]
     writer = paused_writer(data, ref, refs(data)["refs/wo/osm/area/v1"], head)
     lock = data / (ref + ".lock")
-    assert lock.stat().st_mode & stat.S_ISVTX  # marked: its writer holds an flock on it
-    writer.kill()
+    try:
+        assert lock.stat().st_mode & stat.S_ISVTX  # marked: its writer holds an flock on it
+    finally:
+        writer.kill()
     assert writer.wait() == -signal.SIGKILL
     assert lock.exists()
 
