@@ -670,7 +670,9 @@ def kill_and_restart(driver: Driver, how: str, kills: int, data: Path) -> bool:
 
 def leftovers(data: Path) -> tuple[list[str], list[Path]]:
     """The lock files and temporary objects in a data directory (what a killed process left)."""
-    locks = sorted(str(p.relative_to(data)) for p in data.rglob("*.lock"))
+    # os.walk passes over directories that vanish meanwhile (a git finishing a deletion by itself)
+    locks = sorted(os.path.relpath(os.path.join(folder, name), data)
+                   for folder, _, files in os.walk(data) for name in files if name.endswith(".lock"))
     return locks, sorted((data / "objects").glob("tmp_*"))
 
 
