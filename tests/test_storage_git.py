@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -21,6 +24,7 @@ import requests
 from conftest import TEST_CONFIG, TEST_MAP, fsck, git, git_blob_id, index_tree_id, refs, sha256
 
 from wogit import names
+from wogit import refs as refs_module
 
 # -- helpers ------------------------------------------------------------------
 
@@ -387,6 +391,8 @@ STALE_LOCKS = {
     "tag-deletion": "refs/wo/_metadata/osm/area.lock",  # the deletion's record goes to the history
     "tag": "refs/wo/osm/area/v2.lock",
     "map-index": "refs/wo/_maps/sha256/" + sha256(b"map after the crash")[7:] + ".lock",
+    # a git update-ref or pack-refs killed while rewriting packed-refs (reliability/crash.py)
+    "packed-tag-deletion": "packed-refs.lock",
 }
 
 
@@ -404,6 +410,9 @@ def test_stale_ref_lock_left_by_kill_9_does_not_block_writes(fresh_server, tmp_p
     assert put_metadata(srv.url, "osm/area", "base=1").status_code == 200
     head = refs(data)["refs/wo/_metadata/osm/area"]
     assert srv.stop() == 0
+    if what == "packed-tag-deletion":  # deleting a packed tag rewrites packed-refs, under its lock
+        git(data, "pack-refs", "--all")
+        assert not (data / "refs/wo/osm/area/v1").exists()
 
     lock = data / STALE_LOCKS[what]
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +438,7 @@ def _write_past_stale_lock(again, data, what, head, m, c):
         assert reply.status_code == 200, reply.text
         assert rev_list_parents(data, "refs/wo/_metadata/osm/area")[0][1:] == [head]
         assert requests.get(f"{again.url}/osm/area/metadata/after").content == b"crash"
-    elif what == "tag-deletion":
+    elif what in ("tag-deletion", "packed-tag-deletion"):
         reply = requests.delete(f"{again.url}/osm/area/v1", timeout=5)
         assert reply.status_code == 200, reply.text
         assert "refs/wo/osm/area/v1" not in refs(data)
@@ -441,6 +450,164 @@ def _write_past_stale_lock(again, data, what, head, m, c):
     else:
         reply = requests.put(again.url + "/blobs/upload", data=b"map after the crash", timeout=5)
         assert (reply.status_code, reply.headers.get("Wo-Map-Digest")) == (201, sha256(b"map after the crash"))
+
+
+# A writer paused inside Refs.update, after taking the ref's lock (in its fsync, where a kill -9
+# most often lands): a real process, killed for real or left running.
+PAUSED_WRITER = """
+import os, sys, time
+from wogit import refs
+def pause(fd):
+    print("locked", flush=True)
+    time.sleep(3600)
+os.fsync = pause
+refs.Refs(sys.argv[1]).update(sys.argv[2], sys.argv[3], sys.argv[4])
+"""
+
+
+def paused_writer(data: Path, ref: str, new: str, old: str) -> subprocess.Popen:
+    writer = subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, str(data), ref, new, old],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert writer.stdout.readline() == "locked\n"
+    return writer
+
+
+def test_lock_of_a_writer_killed_holding_it_is_broken_at_once(fresh_server, tmp_path):
+    """reliability/crash.py: a kill -9 inside a metadata write left its fresh ref lock, and the
+    next write on that map waited 9.1 s for the lock to grow 10 s old.  A wogit writer holds an
+    flock on its lock: once the kernel has released it (the writer died), the lock goes at once."""
+    data = tmp_path / "registry.git"
+    srv = fresh_server(data)
+    srv.push("osm/area/v1")
+    assert put_metadata(srv.url, "osm/area", "base=1").status_code == 200
+    ref = "refs/wo/_metadata/osm/area"
+    head = refs(data)[ref]
+    writer = paused_writer(data, ref, refs(data)["refs/wo/osm/area/v1"], head)
+    lock = data / (ref + ".lock")
+    try:
+        assert lock.stat().st_mode & stat.S_ISVTX  # marked: its writer holds an flock on it
+    finally:
+        writer.kill()
+    assert writer.wait() == -signal.SIGKILL
+    assert lock.exists()
+
+    reply = put_metadata(srv.url, "osm/area", "after=crash", timeout=5)  # was 10 s (the lock's age)
+    assert (reply.status_code, reply.json()) == (200, {"set": ["after"], "ignored": []})
+    assert rev_list_parents(data, ref)[0][1:] == [head]
+    assert requests.get(f"{srv.url}/osm/area/metadata").content == b"after=crash\nbase=1\n"
+    assert lock_files(data) == []
+    assert not (data / ref).stat().st_mode & stat.S_ISVTX  # the ref file as git writes it
+    assert f"removed the stale lock {lock} (its writer died)" in srv.log_text()
+    fsck(data)
+
+
+def test_lock_of_a_live_writer_is_kept_however_old(tmp_path):
+    """Only a dead writer's lock is broken: a live one's stays, even an hour old; once its
+    writer is killed it goes."""
+    data = tmp_path / "registry.git"
+    git(tmp_path, "init", "--bare", "-q", str(data))
+    commit = git(data, "-c", "user.name=t", "-c", "user.email=t@t", "commit-tree", "-m", "x",
+                 "4b825dc642cb6eb9a060e54bf8d69288fbee4904").stdout.strip()
+    ref = "refs/wo/_metadata/osm/area"
+    writer = paused_writer(data, ref, commit, "0" * 40)
+    lock = data / (ref + ".lock")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    inode = lock.stat().st_ino
+    try:
+        assert refs_module.Refs(str(data)).break_stale_lock(ref) is False
+        assert lock.stat().st_ino == inode
+    finally:
+        writer.kill()
+        writer.wait()
+    assert refs_module.Refs(str(data)).break_stale_lock(ref) is True
+    assert lock_files(data) == []
+    assert refs(data) == {}
+
+
+def test_tag_deletion_handed_to_git_completes_when_the_service_is_killed(fresh_server, tmp_path):
+    """reliability/crash.py: a kill -9 of the server's process group (as a service manager
+    kills) during a tag deletion killed its `git update-ref` between taking the refs' locks
+    and renaming them; the locks stayed and the next write on the map waited 9.4 s for them
+    to age.  git runs in a session of its own now: the transaction it was handed completes
+    (all of it) and git removes its locks.  A reference-transaction hook holds git in the
+    middle, locks taken, while the server's group is killed."""
+    data = tmp_path / "registry.git"
+    srv = fresh_server(data)
+    srv.push("osm/area/v1")
+    srv.stop()
+    prepared = tmp_path / "prepared"
+    hook = data / "hooks" / "reference-transaction"
+    hook.write_text(f'#!/bin/sh\ncat >/dev/null\nif [ "$1" = prepared ]; then touch {prepared}; sleep 2; fi\n')
+    hook.chmod(0o755)
+    with open(tmp_path / "service.log", "w") as log:
+        service = subprocess.Popen([sys.executable, "-m", "wogit", "serve", "--data", str(data), "--port", "0"],
+                                   stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+                                   cwd=Path(__file__).parent.parent)
+    try:
+        url = service.stdout.readline().split(" on ")[1].split()[0]
+        deleting = threading.Thread(target=lambda: _ignore_errors(requests.delete, f"{url}/osm/area/v1", timeout=30))
+        deleting.start()
+        deadline = time.monotonic() + 20
+        while not prepared.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert prepared.exists()
+        assert sorted(lock_files(data)) == [str(data / "packed-refs.lock"),  # a deletion takes it too
+                                            str(data / "refs/wo/_metadata/osm/area.lock"),
+                                            str(data / "refs/wo/osm/area/v1.lock")]
+    finally:
+        os.killpg(service.pid, signal.SIGKILL)
+        service.wait()
+        service.stdout.close()
+    deleting.join(30)
+    while lock_files(data) and time.monotonic() < deadline + 10:  # git finishes by itself
+        time.sleep(0.05)
+    assert lock_files(data) == []
+    hook.unlink()
+    again = fresh_server(data)
+    assert requests.get(f"{again.url}/osm/area/v1").status_code == 404
+    history = requests.get(f"{again.url}/osm/area/_history").json()["history"]
+    assert [(c["action"], c["tag"]) for c in history] == [("delete-tag", "v1"), ("create-tag", "v1")]
+    fsck(data)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="reads the system calls with strace")
+def test_tag_deletion_syncs_the_directories_git_changed(fresh_server, tmp_path):
+    """reliability/crash.py (its durability check): the `git update-ref` of a tag deletion
+    syncs the files it writes (core.fsync=all) but not their directories, so the 200 came
+    before the history ref's rename, packed-refs' and the tag ref's removal were durable.
+    The store syncs those directories after git, before answering."""
+    data = tmp_path / "registry.git"
+    srv = fresh_server(data)
+    srv.push("osm/area/v1")
+    srv.stop()
+    trace = tmp_path / "trace"
+    service = subprocess.Popen(["strace", "-f", "-y", "-qq", "-s", "12", "-o", str(trace), "-e", "trace=fsync,sendto",
+                                sys.executable, "-m", "wogit", "serve", "--data", str(data), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=Path(__file__).parent.parent)
+    try:
+        url = service.stdout.readline().split(" on ")[1].split()[0]
+        assert requests.delete(f"{url}/osm/area/v1", timeout=30).status_code == 200
+    finally:
+        server = int(Path(f"/proc/{service.pid}/task/{service.pid}/children").read_text().split()[0])
+        os.kill(server, signal.SIGTERM)
+        service.wait(30)
+        service.stdout.close()
+    lines = trace.read_text().splitlines()
+    answer = next(i for i, line in enumerate(lines) if '"HTTP/1.1 200' in line)
+    synced = {line.split("<", 1)[1].split(">", 1)[0] for line in lines[:answer] if " fsync(" in line}
+    # the history ref's directory; the tag's (refs/wo/osm/area and refs/wo/osm, emptied and
+    # removed by git): their parent; packed-refs'
+    assert {str(data / "refs/wo/_metadata/osm"), str(data / "refs/wo"), str(data)} <= synced, synced
+    assert not (data / "refs/wo/osm").exists()
+
+
+def _ignore_errors(call, *args, **kwargs) -> None:
+    try:
+        call(*args, **kwargs)
+    except requests.RequestException:
+        pass
 
 
 # -- mirrors and gc ---------------------------------------------------------------

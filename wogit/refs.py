@@ -12,9 +12,17 @@ whole, once for each version of it.
 A ref is moved with git's protocol, so git, libgit2 and other wogit processes see each other's
 changes and locks: ``<name>.lock`` is created exclusively, the current value is compared with
 the expected one under that lock, the new value is written (and fsync'd), and the lock is
-renamed onto ``<name>``.  libgit2's own ref writes parse all of ``packed-refs`` into every
-repository handle that writes (one a thread) and scan it for each write: seconds and hundreds
-of MiB a thread at a million refs, which is why wogit moves refs here.
+renamed onto ``<name>``.  A wogit writer also holds an ``flock`` on its lock file from just
+after creating it until the file is renamed, and marks the file as one held so (its sticky
+bit, which means nothing on a file and which git never sets; cleared just before the
+rename): a marked lock whose ``flock`` is free was left by a writer that died (``kill -9``:
+the kernel releases a dead process's flocks), and is broken at once (``break_stale_lock``);
+any other lock (git's own, which take no flock) only once it is older than
+``STALE_LOCK_SECONDS``, since live writers hold one for milliseconds.
+
+libgit2's own ref writes parse all of ``packed-refs`` into every repository handle that writes
+(one a thread) and scan it for each write: seconds and hundreds of MiB a thread at a million
+refs, which is why wogit moves refs here.
 
 Names are never built here: ``wogit.names`` owns them.
 """
@@ -22,9 +30,13 @@ Names are never built here: ``wogit.names`` owns them.
 from __future__ import annotations
 
 import bisect
+import fcntl
+import logging
 import os
 import re
+import stat
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -32,6 +44,9 @@ from wogit import objects
 
 ZERO = "0" * 40
 PACKED = "packed-refs"
+STALE_LOCK_SECONDS = 10.0  # a lock without a live owner we can see (git's): broken past this age
+_HELD = stat.S_ISVTX  # the mark of a lock whose writer holds an flock on it (Refs.update)
+log = logging.getLogger("wogit")
 _HEADER = b"# pack-refs with:"
 _OID = re.compile(r"[0-9a-f]{40}")
 _PEELED = ord("^")
@@ -321,20 +336,55 @@ class Refs:
             raise Locked(name)
         try:
             try:
+                # Held until the lock is renamed or removed: a dead writer's lock is known by it.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                marked = _chmod(fd, mode | _HELD)  # a file system that refuses: no mark, aged only
                 current = self.get(name) or ZERO
                 if current != old:
                     raise Moved(f"{name} is at {current}, not {old}")
                 os.write(fd, f"{new}\n".encode())
                 if self.fsync:
                     os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(lock, path)
-        except BaseException:
-            _unlink(lock)
-            raise
+                if marked:
+                    os.fchmod(fd, mode)  # the ref file as git would write it
+                os.rename(lock, path)
+            except BaseException:
+                _unlink(lock)
+                raise
+        finally:
+            os.close(fd)
         if self.fsync:
             objects.fsync_dir(os.path.dirname(path))
+
+    def break_stale_lock(self, name: str) -> bool:
+        """Remove ``<name>.lock`` if no live writer holds it; whether it did.
+
+        A lock marked as held with an ``flock`` (a wogit writer's) is stale as soon as the flock
+        is free: its writer died.  Any other lock (git's, or a wogit writer's in the
+        microseconds before it is marked) is stale once older than ``STALE_LOCK_SECONDS``.
+        The lock is moved aside first and removed only if it is still the same file, so a
+        fresh lock taken meanwhile survives."""
+        lock = os.path.join(self.git_dir, name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            before = os.fstat(fd)
+            if before.st_mode & _HELD:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # its writer is alive
+                why = "its writer died"
+            elif time.time() - before.st_mtime >= STALE_LOCK_SECONDS:
+                why = f"older than {STALE_LOCK_SECONDS:g} s: left by a crashed writer"
+            else:
+                return False
+            return _remove_if_same(self.git_dir, lock, before.st_ino, why)
+        finally:
+            os.close(fd)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -391,6 +441,36 @@ def _create_lock(lock: str) -> int | None:
             if last:
                 raise
     raise AssertionError("unreachable")
+
+
+def _chmod(fd: int, mode: int) -> bool:
+    try:
+        os.fchmod(fd, mode)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_if_same(git_dir: str, lock: str, inode: int, why: str) -> bool:
+    """Remove ``lock`` if it is still the file ``inode``: moved aside first, so that a lock
+    another writer took meanwhile is put back, not removed."""
+    aside = os.path.join(git_dir, f"wogit-stale-lock-{os.getpid()}-{threading.get_ident()}")
+    try:
+        if os.stat(lock).st_ino != inode:
+            return False
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    same = os.stat(aside).st_ino == inode
+    if same:
+        log.warning("removed the stale lock %s (%s)", lock, why)
+    else:
+        try:
+            os.link(aside, lock)  # a live writer's lock: put it back
+        except FileExistsError:
+            pass
+    os.unlink(aside)
+    return same
 
 
 def _holds_a_ref(folder: str) -> bool:

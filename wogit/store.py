@@ -46,7 +46,6 @@ _NAME_SAFE = "".join(chr(c) for c in range(0x21, 0x7f) if chr(c) not in "%<>")
 DELETE_TAG = rules.DELETE_TAG
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 ZERO_OID = "0" * 40
-STALE_LOCK_SECONDS = 10.0
 log = logging.getLogger("wogit")
 
 
@@ -807,10 +806,22 @@ class Store:
             yield
 
     def _transaction(self, commands: str, ref: str) -> None:
-        """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none."""
-        result = subprocess.run(["git", "--git-dir", self.path, "update-ref", "--stdin"], input=commands,
-                                capture_output=True, text=True, env=objects.GIT_ENV)
+        """Apply ``git update-ref --stdin`` commands (each naming the old value) all or none.
+
+        git runs in a session of its own: a kill of the server's process group (``kill -9``
+        of a service) does not stop it between its ref locks and their renames, which would
+        leave locks only their age can break (reliability/crash.py); the commands are handed
+        over whole (a ``start`` ... ``commit`` transaction: cut short, git applies none)."""
+        result = subprocess.run(["git", "--git-dir", self.path, "update-ref", "--stdin"],
+                                input=f"start\n{commands}commit\n", capture_output=True, text=True,
+                                env=objects.GIT_ENV, start_new_session=True)
         if result.returncode == 0:
+            if self.fsync:  # git syncs the files it writes (core.fsync), not their directories
+                touched = {os.path.dirname(os.path.join(self.path, line.split()[1])) for line in commands.splitlines()}
+                for folder in sorted(touched | {self.path}):  # the refs' and packed-refs'
+                    while not os.path.isdir(folder):  # git removes the directories a deletion empties
+                        folder = os.path.dirname(folder)
+                    objects.fsync_dir(folder)
             self._changed()
             return
         full = _no_space(result.stderr)  # its messages name the lock it could not write: not contention
@@ -818,11 +829,19 @@ class Store:
             raise full
         if any(sign in result.stderr for sign in ("but expected", "reference already exists", ".lock",
                                                    "unable to resolve reference", "reference is missing")):
-            # The ref git could not lock may be another of the transaction's (a map's history):
-            # name that one, so a stale lock on it is the one broken.
-            locked = _LOCKED_REF.search(result.stderr)
-            raise _Contended(locked.group(1) if locked else ref, result.stderr.strip())
+            # The lock git could not take may be another ref's of the transaction (a map's
+            # history) or packed-refs' (deleting a packed ref rewrites it): name that one, so a
+            # stale lock on it is the one broken.
+            raise _Contended(self._locked(result.stderr) or ref, result.stderr.strip())
         raise RuntimeError(f"git update-ref --stdin failed: {result.stderr.strip()}")
+
+    def _locked(self, stderr: str) -> str | None:
+        """The ref (or ``packed-refs``) whose lock git found taken, from its message."""
+        found = _LOCK_EXISTS.search(stderr)
+        if found is None:
+            return None
+        name = os.path.relpath(os.path.normpath(found.group(1)), self.path).replace(os.sep, "/")
+        return name if name == refs.PACKED or name.startswith(names.NAMESPACE) else None
 
     def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "--git-dir", self.path, *args], check=check, capture_output=True,
@@ -838,7 +857,7 @@ class Store:
                 if time.monotonic() > deadline:
                     raise errors.UNAVAILABLE(f"{exc.ref} stayed locked or kept changing under other writers "
                                              f"for {self.retry_seconds:g} s; retry shortly") from None
-                _break_stale_lock(self.path, exc.ref)
+                self.refs.break_stale_lock(exc.ref)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
@@ -945,35 +964,7 @@ def _count_packed(packed: refs.Packed) -> dict[str, int]:
     return found
 
 
-_LOCKED_REF = re.compile(r"cannot lock ref '(refs/[^']+)'")
-
-
-def _break_stale_lock(git_dir: str, ref: str) -> None:
-    """Remove ``<ref>.lock`` when it is older than any live writer holds one: a crash left it.
-
-    Live writers hold a ref lock for milliseconds.  The lock is moved aside first and
-    removed only if it is still the same file, so a fresh lock taken meanwhile survives.
-    """
-    lock = os.path.join(git_dir, ref + ".lock")
-    try:
-        before = os.stat(lock)
-    except FileNotFoundError:
-        return
-    if time.time() - before.st_mtime < STALE_LOCK_SECONDS:
-        return
-    aside = os.path.join(git_dir, f"wogit-stale-lock-{os.getpid()}-{threading.get_ident()}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return
-    if os.stat(aside).st_ino == before.st_ino:
-        log.warning("removed the stale lock %s (left by a crashed writer)", lock)
-    else:
-        try:
-            os.link(aside, lock)  # a live writer's lock: put it back
-        except FileExistsError:
-            pass
-    os.unlink(aside)
+_LOCK_EXISTS = re.compile(r"Unable to create '(.+)\.lock': File exists")
 
 
 def _person(actor: str | None = None) -> tuple[str, str, int]:
