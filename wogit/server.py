@@ -22,7 +22,7 @@ from wogit.access import Policy
 from wogit.api import create_app
 from wogit.api.gate import Gate
 from wogit.auth import Throttle, Users
-from wogit.framing import ChunkedReader, KnownLengthReader, StrictHeaderReader
+from wogit.framing import ChunkedReader, KnownLengthReader, RequestHead, StrictHeaderReader
 from wogit.metrics import Metrics
 from wogit.observe import configure_logging, observed, request_id
 from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
@@ -31,6 +31,16 @@ from wogit.store import Store
 from wogit.store import init as init_store
 
 log = logging.getLogger("wogit")
+
+
+def error_answer(protocol: str, status: str, msg: str, close: bool, supplied_id: str | None = None) -> bytes:
+    """A whole HTTP answer with a JSON ``{"msg"}`` body, for errors answered outside the app."""
+    body = (json.dumps({"msg": msg}) + "\n").encode()
+    head = (f"{protocol} {status}\r\nContent-Length: {len(body)}\r\nContent-Type: application/json\r\n"
+            f"X-Request-Id: {request_id(supplied_id)}\r\n")
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
 
 
 class _Request(cheroot_server.HTTPRequest):
@@ -71,15 +81,11 @@ class _Request(cheroot_server.HTTPRequest):
             self.close_connection = True
         if isinstance(msg, bytes):
             msg = msg.decode("latin-1")
-        body = (json.dumps({"msg": msg or status[4:]}) + "\n").encode()
         supplied = self.inheaders.get(b"X-Request-Id")
-        rid = request_id(supplied.decode("latin-1") if supplied is not None else None)
-        head = (f"{self.server.protocol} {status}\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: application/json\r\nX-Request-Id: {rid}\r\n")
-        if self.close_connection:
-            head += "Connection: close\r\n"
+        answer = error_answer(self.server.protocol, status, msg or status[4:], self.close_connection,
+                              supplied.decode("latin-1") if supplied is not None else None)
         try:
-            self.conn.wfile.write(head.encode("latin-1") + b"\r\n" + body)
+            self.conn.wfile.write(answer)
         except socket.error as ex:
             if ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
                 raise
@@ -110,6 +116,7 @@ class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
     unread_body = False
     handshaken = False
+    head: RequestHead | None = None  # the next request's head, while it arrives
     LINGER_SECONDS = 5.0
     LINGER_BYTES = 64 << 20
 
@@ -120,12 +127,9 @@ class _Connection(cheroot_server.HTTPConnection):
                 self.socket.do_handshake()
             except ssl.SSLError as exc:
                 if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
-                    body = json.dumps({"msg": "this port speaks HTTPS only: use https://"}).encode() + b"\n"
-                    head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id(None)}\r\n"
-                            "Connection: close\r\n\r\n").encode()
+                    answer = error_answer("HTTP/1.1", "400 Bad Request", "this port speaks HTTPS only: use https://", True)
                     try:
-                        socket.socket.sendall(self.socket, head + body)  # the raw socket, not TLS
+                        socket.socket.sendall(self.socket, answer)  # the raw socket, not TLS
                     except OSError:
                         pass
                 return False
@@ -133,6 +137,40 @@ class _Connection(cheroot_server.HTTPConnection):
                 return False
             self.handshaken = True
         return super().communicate()
+
+    def gather_head(self, limit: int, timeout: float) -> bool | None:
+        """Read what has arrived of the next request's head, without waiting (the selector's
+        thread calls this when the socket is readable).  True: the head is whole (or too large,
+        or sure to be refused), buffered for ``communicate``; False: wait for more; None: the
+        connection is closed (by the client, or here, with a 408, once the head has taken
+        longer than ``timeout`` seconds)."""
+        try:
+            chunk = self.socket.recv(1 << 16, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk and self.head is None:  # closed between requests
+            self.close()
+            return None
+        self.head = self.head or RequestHead()
+        if not chunk or self.head.add(chunk) or len(self.head.data) > limit:
+            rfile = self.rfile  # cheroot reads the head from here (a _pyio BufferedReader)
+            with rfile._read_lock:
+                rfile._read_buf = bytes(self.head.data) + rfile._read_buf[rfile._read_pos:]
+                rfile._read_pos = 0
+            self.head = None
+            return True
+        if time.time() - self.head.started > timeout:
+            try:
+                self.socket.send(error_answer("HTTP/1.1", "408 Request Timeout",
+                                              f"the request's head took longer than {timeout:g} s", True),
+                                 socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            self.close()
+            return None
+        return False
 
     def close(self) -> None:
         """Close; after an answer to a body left unread, linger to read (and drop) what is
@@ -168,14 +206,19 @@ class _LazyTLS(BuiltinSSLAdapter):
 
 
 class _Server(wsgi.Server):
-    """Hands a connection to a worker only once the client has sent something.
+    """Hands a connection to a worker only once the client has sent a whole request head.
 
     cheroot gives every new connection a worker at once, so a few idle
     connections could hold every worker; here a new connection first waits in
     the selector, like a kept-alive one, and is closed there after ``timeout``.
+    Then (plain HTTP) the selector's thread gathers the request's head as it
+    arrives, and only a whole head gets a worker: clients sending their heads a
+    byte at a time (slowloris) hold no worker, and a head that takes longer than
+    ``header_timeout`` seconds from its first byte is answered 408 and closed.
     """
 
     listener: socket.socket | None = None  # a listening socket to serve instead of binding one
+    header_timeout = Settings.header_timeout
 
     def bind(self, family, type, proto=0):
         if self.listener is None:
@@ -196,7 +239,18 @@ class _Server(wsgi.Server):
             conn.wogit_waited = True
             self._connections.put(conn)
             return
-        super().process_conn(conn)
+        if conn.rfile.has_data() or isinstance(conn.socket, ssl.SSLSocket):
+            # Pipelined (the head is buffered already), or TLS (the handshake is the worker's).
+            super().process_conn(conn)
+            return
+        ready = conn.gather_head(self.max_request_header_size, self.header_timeout)
+        if ready:
+            super().process_conn(conn)
+        elif ready is False:
+            self._connections.put(conn)
+            if conn.head is not None:
+                # cheroot's expiry closes a connection idle for ``timeout``: this one, at its head's deadline.
+                conn.last_used = conn.head.started + min(self.header_timeout, self.timeout) - self.timeout
 
 
 def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
@@ -257,6 +311,7 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
+    server.header_timeout = settings.header_timeout
     # cheroot closes a connection after its answer once 10 others wait idle for their next
     # request: with more clients than that, keep-alive would end in a reconnect per request.
     server.keep_alive_conn_limit = settings.max_idle_connections
