@@ -10,7 +10,8 @@ and for each case checks that:
   the data directory (temporaries included) are the same before and after;
 * other clients are unaffected: a canary (``GET /v1`` and a small tag's tarball, each on a new
   connection, every 0.2 s) gets every answer right within ``CANARY_BOUND`` seconds, throughout;
-* memory stays bounded: the server's VmRSS before and after is reported.
+* memory stays bounded: the server's VmRSS before and after is reported (growth beyond
+  ``RSS_GROWTH_BOUND`` is a violation).
 
     .venv/bin/python reliability/hostile.py              # the full corpus, a few minutes
     .venv/bin/python reliability/hostile.py --short      # the same cases, light slow-client phases
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ CASES_FILE = next((p for p in (ROOT.parent / "shared" / "cases" / "field-cases.j
                                ROOT / "tests" / "data" / "field-cases.json") if p.is_file()), None)
 CANARY_BOUND = 10.0  # seconds: a canary answer slower than this is a violation
 HANG_BOUND = 20.0  # seconds: neither an answer nor a close within this is a hang
+RSS_GROWTH_BOUND = 64 << 10  # KiB: the server's VmRSS growing more over the corpus is a violation
 
 
 # -- the server -------------------------------------------------------------------
@@ -445,6 +448,54 @@ def framing_corpus() -> list[Case]:
     return cases
 
 
+def pkt(line: bytes) -> bytes:
+    return b"%04x" % (len(line) + 4) + line
+
+
+def writes_corpus() -> list[Case]:
+    """Writes that lie (digests, sizes) or go through git's smart HTTP with garbage: refused, nothing stored."""
+    zero, fake = b"0" * 40, hashlib.sha1(b"fake").hexdigest().encode()
+    receive = "Content-Type: application/x-git-receive-pack-request\r\n"
+    upload = "Content-Type: application/x-git-upload-pack-request\r\n"
+    git_ok = {200, 400, 403, 404, 405, 411, 413, 415}  # git's own answers (errors inside a 200) are allowed
+    commands = [pkt(zero + b" " + fake + b" refs/heads/x\0report-status\n") + b"0000",
+                pkt(zero + b" " + fake + b" refs/wo/r/m/v9\0report-status\n") + b"0000" + b"PACK\0\0\0\2\0\0\0\0",
+                pkt(zero + b" " + fake + b" refs/wo/../../x\0report-status\n") + b"0000"]
+    cases = [
+        Case("write:map-digest-that-lies", "writes", [simple("PUT", "/blobs/upload", b"map bytes",
+             "Wo-Map-Digest: sha256:" + "0" * 64 + "\r\n", {400})]),
+        Case("write:config-digest-that-lies", "writes", [simple("PUT", "/configs/upload", b"a: 1\n",
+             "Wo-Config-Digest: sha256:" + "0" * 64 + "\r\n", {400})]),
+        Case("write:map-over-the-limit-declared", "writes", [simple("PUT", "/blobs/upload", b"",
+             "Content-Length: 99999999999999\r\n", {400, 413})]),
+        Case("write:tag-body-over-the-limit", "writes", [simple("PUT", "/r/m/vbig", b"{" + b" " * (2 << 20) + b"}",
+             "Content-Type: application/json\r\n", {413})]),
+        Case("write:tag-of-unknown-digests", "writes", [simple("PUT", "/r/m/vnone", json.dumps(
+             {"map_digest": "sha256:" + "1" * 64, "config_digest": "sha256:" + "2" * 64}).encode(), "", {404})]),
+        Case("write:tag-over-an-existing-tag", "writes", [simple("PUT", "/r/m/v1", json.dumps(
+             {"map_digest": "sha256:" + "1" * 64, "config_digest": "sha256:" + "2" * 64}).encode(), "", {404, 409})]),
+        Case("write:expect-100-then-close", "writes", [Exchange([(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n", 0.3)], None, 1, "close")]),
+        Case("git:receive-pack-garbage", "git", [simple("POST", "/_git/git-receive-pack", os.urandom(4096), receive, git_ok),
+             simple("POST", "/_git/git-receive-pack", b"0000", receive, git_ok),
+             simple("POST", "/_git/git-receive-pack", b"ffff" + b"x" * 100, receive, git_ok),
+             simple("POST", "/_git/git-receive-pack", os.urandom(512), receive + "Content-Encoding: gzip\r\n", git_ok)]
+             + [simple("POST", "/_git/git-receive-pack", c, receive, git_ok) for c in commands]),
+        Case("git:upload-pack-garbage", "git", [simple("POST", "/_git/git-upload-pack", os.urandom(4096), upload, git_ok),
+             simple("POST", "/_git/git-upload-pack", pkt(b"want " + fake + b"\n") + b"0000" + pkt(b"done\n"), upload, git_ok),
+             simple("POST", "/_git/git-upload-pack", os.urandom(512), upload + "Content-Encoding: gzip\r\n", git_ok),
+             simple("POST", "/_git/git-upload-pack", b"0000", upload + "Git-Protocol: version=2\r\n", git_ok),
+             simple("POST", "/_git/git-upload-pack", b"0000", "Content-Type: text/plain\r\n", git_ok),
+             simple("POST", "/_git/git-receive-pack", b"0000", upload, git_ok),
+             simple("POST", "/_git/info/refs?service=git-receive-pack", b"0000", receive, git_ok)]),
+        Case("git:paths-and-services", "git", [simple("GET", p, allowed=git_ok) for p in (
+             "/_git/info/refs?service=git-evil", "/_git/info/refs?service=%FF", "/_git/../../etc/passwd",
+             "/_git/%2e%2e/%2e%2e/etc/passwd", "/_git/config", "/_git/hooks/pre-receive", "/_git/objects/info/packs",
+             "/_git/HEAD", "/_git/info/refs", "/_git/git-receive-pack", "/_git/" + "a/" * 2000, "/_git/%00")]),
+    ]
+    return cases
+
+
 def field_corpus() -> list[Case]:
     """The field cases of shared/cases/ that a hostile client can send (FC-003, -008, -009, -013)."""
     if CASES_FILE is None:
@@ -523,8 +574,9 @@ def slowloris(harness: Harness, connections: int, seconds: float) -> list[str]:
         socks[sock] = [0, b""]
         selector.register(sock, selectors.EVENT_READ)
 
-    def finish(sock):
+    def finish(sock, by_server=True):
         _, buf = socks.pop(sock)
+        answers["closed"] = answers.get("closed", 0) + by_server
         selector.unregister(sock)
         sock.close()
         if buf:
@@ -559,7 +611,7 @@ def slowloris(harness: Harness, connections: int, seconds: float) -> list[str]:
                     finish(sock)
                     open_one()
     for sock in list(socks):
-        finish(sock)
+        finish(sock, by_server=False)
     harness.figures.setdefault("slowloris_answers", {}).update({str(k): v for k, v in answers.items()})
     return sorted(set(problems))
 
@@ -617,13 +669,35 @@ def byte_at_a_time(harness: Harness, seconds: float) -> list[str]:
     return []
 
 
+def slow_bodies(harness: Harness, connections: int, seconds: float) -> list[str]:
+    """``connections`` map uploads at once, each sending a byte every 0.5 s, then abandoned.
+
+    A body holds a worker while it arrives (the app streams it), so this stays below the
+    thread count: the canary shows the workers left over still answer."""
+    socks = []
+    for _ in range(connections):
+        sock = socket.create_connection(("127.0.0.1", harness.port), timeout=HANG_BOUND)
+        sock.sendall(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
+        socks.append(sock)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for sock in socks:
+            sock.sendall(b"x")
+        time.sleep(0.5)
+    for sock in socks:
+        sock.close()
+    time.sleep(0.5)  # the server sees the closes and cleans up
+    return []
+
+
 def slow_corpus(short: bool, threads: int) -> list[Case]:
-    n, s = (3 * threads, 4.5) if short else (400, 40)
+    n, s = (3 * threads, 3.5) if short else (400, 40)
     return [
         Case(f"slow:slowloris-{n}-connections", "slow", run=lambda h: slowloris(h, n, s)),
-        Case(f"slow:idle-{2 * n}-fresh-{n // 2}-kept-alive", "slow", run=lambda h: idle_flood(h, 2 * n, n // 2, s / 3)),
-        Case("slow:slow-reader-of-a-big-tarball", "slow", run=lambda h: slow_reader(h, 1.5 if short else 20)),
+        Case(f"slow:idle-{2 * n}-fresh-{n // 2}-kept-alive", "slow", run=lambda h: idle_flood(h, 2 * n, n // 2, s / 4)),
+        Case("slow:slow-reader-of-a-big-tarball", "slow", run=lambda h: slow_reader(h, 1 if short else 20)),
         Case("slow:body-a-byte-at-a-time", "slow", run=lambda h: byte_at_a_time(h, 1 if short else 15)),
+        Case(f"slow:{threads - 2}-slow-bodies", "slow", run=lambda h: slow_bodies(h, threads - 2, 1 if short else 15)),
     ]
 
 
@@ -634,26 +708,31 @@ class Harness:
         self.server, self.port = server, server.port
         self.figures: dict = {}
         self.violations: list[dict] = []
+        self.last_snapshot: dict | None = None
+
+    def check(self, ex: Exchange) -> list[str]:
+        try:
+            outcome = exchange(self.port, ex)
+        except OSError as exc:
+            return [f"{ex.label}: cannot connect: {exc!r}"]
+        return [f"{ex.label}: {p}" if ex.label else p for p in problems_of(outcome, ex)]
 
     def run_case(self, case: Case, canary: Canary) -> bool:
-        before = snapshot(self.server.data)
+        before = self.last_snapshot or snapshot(self.server.data)  # the canary writes nothing
         started = time.monotonic()
         problems: list[str] = []
         if case.run is not None:
             problems += case.run(self)
-        for ex in case.exchanges:
-            try:
-                outcome = exchange(self.port, ex)
-            except OSError as exc:
-                problems.append(f"cannot connect: {exc!r}")
-                continue
-            problems += [f"{ex.label}: {p}" if ex.label else p for p in problems_of(outcome, ex)]
+        with ThreadPoolExecutor(4) as pool:  # a case's exchanges are independent: 4 clients at once
+            for found in pool.map(self.check, case.exchanges):
+                problems += found
         if case.kind == "slow":
             self.figures.setdefault("canary_worst_during_s", {})[case.name] = round(canary.worst(started, time.monotonic()), 3)
         time.sleep(0.05 if case.exchanges and case.exchanges[-1].then == "close" else 0)
         if any(ex.then == "close" for ex in case.exchanges):
             time.sleep(0.3)  # the server sees the close and cleans up
-        problems += differences(before, snapshot(self.server.data))
+        self.last_snapshot = snapshot(self.server.data)
+        problems += differences(before, self.last_snapshot)
         log = self.server.new_log()
         if "Traceback" in log or re.search(r" 5\d\d \d+ [\d.]+ms ", log):
             problems.append("the server logged: " + log[log.find("Traceback"):][:300] if "Traceback" in log
@@ -662,6 +741,8 @@ class Harness:
             problems.append(f"the server exited with {self.server.proc.returncode}")
         for problem in problems:
             self.violations.append({"case": case.name, "problem": problem})
+        seconds = self.figures.setdefault("seconds_by_kind", {})
+        seconds[case.kind] = round(seconds.get(case.kind, 0) + time.monotonic() - started, 2)
         return not problems
 
 
@@ -688,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="run only the cases whose name contains this")
     args = parser.parse_args(argv)
     threads = 8 if args.short else 32
-    env = {"WOGIT_TIMEOUT": "5", "WOGIT_HEADER_TIMEOUT": "2"} if args.short else {}
+    env = {"WOGIT_TIMEOUT": "5", "WOGIT_HEADER_TIMEOUT": "1.5"} if args.short else {}
     with tempfile.TemporaryDirectory(prefix="wogit-hostile-") as tmp:
         server = Server(Path(tmp) / "registry.git", threads, env)
         try:
@@ -698,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             harness = Harness(server)
             tag_body = json.dumps({"map_digest": "sha256:" + hashlib.sha256(b"x").hexdigest(),
                                    "config_digest": "sha256:" + "0" * 64}).encode()
-            cases = names_corpus(tag_body) + framing_corpus() + field_corpus() + slow_corpus(args.short, threads)
+            cases = (names_corpus(tag_body) + framing_corpus() + writes_corpus() + field_corpus()
+                     + slow_corpus(args.short, threads))
             if args.only:
                 cases = [c for c in cases if args.only in c.name]
             rss_before = server.rss_kib()
@@ -711,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
             rss_after = server.rss_kib()
             for failure in sorted(set(canary.failures)):
                 harness.violations.append({"case": "canary", "problem": failure})
+            if rss_after - rss_before > RSS_GROWTH_BOUND:
+                harness.violations.append({"case": "memory", "problem": f"VmRSS grew by {rss_after - rss_before} KiB"})
             figures = {
                 "cases": len(cases), "passed": passed, "violations": len(harness.violations),
                 "requests": sum(len(c.exchanges) for c in cases), "canary_requests": len(canary.samples),

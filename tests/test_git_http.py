@@ -106,6 +106,25 @@ def test_only_the_smart_endpoints_are_served(fresh_server):
     assert advert.content.startswith(b"001e# service=git-upload-pack\n0000")
 
 
+@pytest.mark.parametrize("method, path, headers, status, allow", [
+    ("GET", "/_git/git-receive-pack", {}, 405, "POST"),
+    ("GET", "/_git/git-upload-pack", {}, 405, "POST"),
+    ("POST", "/_git/info/refs?service=git-upload-pack", {}, 405, "GET, HEAD"),
+    ("POST", "/_git/git-upload-pack", {"Content-Type": "text/plain"}, 400, None),
+    ("POST", "/_git/git-receive-pack", {"Content-Type": "application/x-git-upload-pack-request"}, 400, None),
+])
+def test_git_backend_refusals_are_json(fresh_server, method, path, headers, status, allow):
+    """git http-backend's own 405 and 415 were passed on as they were (text/html, no body)."""
+    srv = fresh_server()
+    before = refs(srv.data)
+    reply = requests.request(method, srv.url + path, data=b"0000", headers=headers)
+    assert (reply.status_code, reply.headers["Content-Type"], reply.headers.get("Allow")) == (
+        status, "application/json", allow)
+    git_status = {405: "405 Method Not Allowed", 400: "415 Unsupported Media Type"}[status]
+    assert reply.json() == {"msg": f"git http-backend refused the request: {git_status}"}
+    assert refs(srv.data) == before
+
+
 def test_the_git_path_is_never_a_repository(fresh_server):
     srv = fresh_server()
     m, c = srv.upload("map", MAP_DATA), srv.upload("config", CONFIG)

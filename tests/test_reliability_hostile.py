@@ -8,8 +8,8 @@ import sys
 
 from conftest import ROOT
 
-#: names 54 + queries 2 + metadata, JSON, headers 3; framing 59; field cases 21; slow clients 4.
-CASES = 143
+#: names 54 + queries 2 + metadata, JSON, headers 3; framing 59; writes 7, git 3; field cases 21; slow clients 5.
+CASES = 154
 
 
 def test_hostile_short_has_no_violation(tmp_path):
@@ -19,5 +19,7 @@ def test_hostile_short_has_no_violation(tmp_path):
     figures = json.loads(output.read_text())
     assert figures["violation_list"] == [], result.stdout
     assert (result.returncode, figures["cases"], figures["passed"], figures["violations"]) == (0, CASES, CASES, 0)
-    assert set(figures["slowloris_answers"]) == {"408"}  # every slow head answered 408 (none left to hang)
+    # Every slow head (3 per worker thread) was closed by the server, some with a 408 first; no other answer.
+    assert set(figures["slowloris_answers"]) <= {"closed", "408"}
+    assert figures["slowloris_answers"]["closed"] >= 3 * figures["threads"]
     assert figures["canary_requests"] > 0

@@ -54,6 +54,11 @@ class Response:
     body: Iterator[bytes]
 
 
+#: git http-backend's refusals, as the registry's errors (git clients read only their status).
+_REFUSALS = {400: errors.BAD_REQUEST, 403: errors.FORBIDDEN, 404: errors.NOT_FOUND,
+             405: errors.METHOD_NOT_ALLOWED, 415: errors.BAD_REQUEST}
+
+
 def service(path: str, query: str) -> str | None:
     """The service a request asks for (None for anything but the smart endpoints)."""
     if path == "info/refs":
@@ -91,6 +96,11 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
         if failed and isinstance(failed[0], errors.WogitError):
             raise failed[0] from None  # a body cut short or too large: the client's fault, said so
         raise
+    code = int(status.split(" ", 1)[0]) if status[:3].isdigit() else 500
+    if code >= 400:  # git's refusal (a wrong method or Content-Type...): in JSON, like every error
+        _finish(proc, feeder, stderr, kill=True)
+        allow = {name: value for name, value in headers if name.lower() == "allow"}
+        raise _REFUSALS.get(code, errors.INTERNAL)(f"git http-backend refused the request: {status}", allow)
     # A push whose client goes away after sending it still runs to its end: stopping
     # receive-pack midway could leave some of its refs updated and others not.
     return Response(status, headers, _stream(proc, feeder, stderr, drain=asked == RECEIVE_PACK))

@@ -3,8 +3,9 @@
 ``git clone http://HOST:PORT/_git`` clones the whole registry.  Reading needs
 ``read`` on every repository (a clone holds them all); pushing needs ``admin``
 and goes through the registry's ``pre-receive`` hook like any push.  Git clients
-get git's own protocol answers; only what git does not speak (no permission, an
-endpoint that is not git's) is answered with JSON.
+get git's own protocol answers; what git does not speak (no permission, an
+endpoint that is not git's) and git's own refusals (a wrong method or Content-Type)
+are answered with JSON.
 """
 
 import bottle
