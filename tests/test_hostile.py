@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 
 import pytest
 import requests
 from conftest import git, json_body_of, raw_request, refs, status_of
+from test_access_control import AnyServer, needs_openssl, self_signed
 
 
 def responses_in(raw: bytes) -> list[int]:
@@ -248,3 +250,41 @@ def test_query_string_that_is_not_utf8_is_400_and_stores_nothing(fresh_server, q
         reply = requests.request(method, f"{srv.url}{path}?{query}", data=body)
         assert (reply.status_code, reply.json()) == (400, {"msg": "the query string is not valid UTF-8"})
     assert refs(srv.data) == before
+
+
+@needs_openssl
+def test_slow_tls_handshakes_and_heads_hold_no_worker(tmp_path):
+    """Over TLS too: the handshake and the head are gathered in the selector, not in a worker."""
+    cert, key = self_signed(tmp_path)
+    srv = AnyServer(tmp_path / "registry.git", "--threads", "2", "--tls-cert", str(cert), "--tls-key", str(key),
+                    env={"WOGIT_HEADER_TIMEOUT": "1"}).start()
+    port = srv.port
+    context = ssl.create_default_context(cafile=str(cert))
+    handshaking = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    heads = [context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="127.0.0.1") for _ in range(4)]
+    try:
+        for sock in handshaking:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, never finished
+        for sock in heads:
+            sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        reply = requests.get(srv.url + "/v1", verify=str(cert), timeout=5)
+        assert reply.status_code == 200
+        answer = b""
+        for _ in range(40):
+            time.sleep(0.1)
+            try:
+                heads[0].sendall(b"a")
+            except OSError:
+                break
+        try:
+            while chunk := heads[0].recv(65536):
+                answer += chunk
+        except OSError:  # the close may come as a reset once the 408 is read
+            pass
+        assert status_of(answer) == 408
+        assert json_body_of(answer) == {"msg": "the request's head took longer than 1 s"}
+    finally:
+        for sock in handshaking + heads:
+            sock.close()
+        srv.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -120,41 +121,21 @@ class _Connection(cheroot_server.HTTPConnection):
     LINGER_SECONDS = 5.0
     LINGER_BYTES = 64 << 20
 
-    def communicate(self) -> bool:
-        """Serve requests; first, on a TLS connection, its handshake (here, in a worker thread)."""
-        if not self.handshaken and isinstance(self.socket, ssl.SSLSocket):
-            try:
-                self.socket.do_handshake()
-            except ssl.SSLError as exc:
-                if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
-                    answer = error_answer("HTTP/1.1", "400 Bad Request", "this port speaks HTTPS only: use https://", True)
-                    try:
-                        socket.socket.sendall(self.socket, answer)  # the raw socket, not TLS
-                    except OSError:
-                        pass
-                return False
-            except OSError:
-                return False
-            self.handshaken = True
-        return super().communicate()
-
     def gather_head(self, limit: int, timeout: float) -> bool | None:
         """Read what has arrived of the next request's head, without waiting (the selector's
         thread calls this when the socket is readable).  True: the head is whole (or too large,
         or sure to be refused), buffered for ``communicate``; False: wait for more; None: the
         connection is closed (by the client, or here, with a 408, once the head has taken
-        longer than ``timeout`` seconds)."""
+        longer than ``timeout`` seconds; on TLS, the handshake counts as part of the head)."""
         try:
-            chunk = self.socket.recv(1 << 16, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
+            chunk = self._receive_now()
+        except OSError:  # a reset, a failed handshake (answered if it was plain HTTP)
             chunk = b""
-        if not chunk and self.head is None:  # closed between requests
+        if chunk == b"" and self.head is None:  # closed between requests
             self.close()
             return None
         self.head = self.head or RequestHead()
-        if not chunk or self.head.add(chunk) or len(self.head.data) > limit:
+        if chunk is not None and (not chunk or self.head.add(chunk) or len(self.head.data) > limit):
             rfile = self.rfile  # cheroot reads the head from here (a _pyio BufferedReader)
             with rfile._read_lock:
                 rfile._read_buf = bytes(self.head.data) + rfile._read_buf[rfile._read_pos:]
@@ -163,14 +144,47 @@ class _Connection(cheroot_server.HTTPConnection):
             return True
         if time.time() - self.head.started > timeout:
             try:
-                self.socket.send(error_answer("HTTP/1.1", "408 Request Timeout",
-                                              f"the request's head took longer than {timeout:g} s", True),
-                                 socket.MSG_DONTWAIT)
+                with _nonblocking(self.socket):
+                    self.socket.send(error_answer("HTTP/1.1", "408 Request Timeout",
+                                                  f"the request's head took longer than {timeout:g} s", True))
             except OSError:
                 pass
             self.close()
             return None
         return False
+
+    def _receive_now(self) -> bytes | None:
+        """What has arrived (b"": the end; None: nothing yet); on TLS, first the handshake, a
+        step at a time as its bytes arrive."""
+        sock = self.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            try:
+                return sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+        with _nonblocking(sock):
+            try:
+                if not self.handshaken:
+                    self._handshake()
+                data = sock.recv(1 << 16)
+                while data and sock.pending():  # decrypted already, so the selector would not see it
+                    data += sock.recv(sock.pending())
+                return data
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return None
+
+    def _handshake(self) -> None:
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLError as exc:
+            if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
+                answer = error_answer("HTTP/1.1", "400 Bad Request", "this port speaks HTTPS only: use https://", True)
+                try:
+                    socket.socket.send(self.socket, answer)  # the raw socket, not TLS
+                except OSError:
+                    pass
+            raise
+        self.handshaken = True
 
     def close(self) -> None:
         """Close; after an answer to a body left unread, linger to read (and drop) what is
@@ -191,13 +205,24 @@ class _Connection(cheroot_server.HTTPConnection):
         super().close()
 
 
+@contextlib.contextmanager
+def _nonblocking(sock: socket.socket):
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        yield
+    finally:
+        sock.settimeout(timeout)
+
+
 class _LazyTLS(BuiltinSSLAdapter):
     """cheroot's TLS adapter, without the handshake in the accept loop.
 
     cheroot shakes hands in its one accept thread, so a client that connects and
     sends nothing stops every new connection for the whole timeout (cheroot
-    issue #748).  Here the socket is only wrapped; the handshake happens in a
-    worker once the client has sent its first bytes (``_Connection.communicate``).
+    issue #748).  Here the socket is only wrapped; the handshake happens in the
+    selector's thread, a step at a time as the client's bytes arrive, as part of
+    gathering the first request's head (``_Connection.gather_head``).
     """
 
     def wrap(self, sock):
@@ -211,8 +236,8 @@ class _Server(wsgi.Server):
     cheroot gives every new connection a worker at once, so a few idle
     connections could hold every worker; here a new connection first waits in
     the selector, like a kept-alive one, and is closed there after ``timeout``.
-    Then (plain HTTP) the selector's thread gathers the request's head as it
-    arrives, and only a whole head gets a worker: clients sending their heads a
+    Then the selector's thread gathers the request's head (over TLS: the
+    handshake, then the head) as it arrives, and only a whole head gets a worker: clients sending their heads a
     byte at a time (slowloris) hold no worker, and a head that takes longer than
     ``header_timeout`` seconds from its first byte is answered 408 and closed.
     """
@@ -239,8 +264,7 @@ class _Server(wsgi.Server):
             conn.wogit_waited = True
             self._connections.put(conn)
             return
-        if conn.rfile.has_data() or isinstance(conn.socket, ssl.SSLSocket):
-            # Pipelined (the head is buffered already), or TLS (the handshake is the worker's).
+        if conn.rfile.has_data():  # pipelined: the head is buffered already
             super().process_conn(conn)
             return
         ready = conn.gather_head(self.max_request_header_size, self.header_timeout)
