@@ -29,6 +29,7 @@ import os
 import re
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -52,15 +53,16 @@ RSS_GROWTH_BOUND = 64 << 10  # KiB: the server's VmRSS growing more over the cor
 class Server:
     """A ``wogit serve`` process on its own data directory and a free port."""
 
-    def __init__(self, data: Path, threads: int, env: dict[str, str]):
+    def __init__(self, data: Path, threads: int, env: dict[str, str], args: tuple[str, ...] = ()):
         self.data = data
         self.log_path = data.parent / "server.log"
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wogit", "serve", "--data", str(data), "--port", "0", "--threads", str(threads)],
+                [sys.executable, "-m", "wogit", "serve", "--data", str(data), "--port", "0", "--threads", str(threads),
+                 *args],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env={**os.environ, **env})
         line = self.proc.stdout.readline()
-        match = re.search(r"on http://([\d.]+):(\d+)", line)
+        match = re.search(r"on https?://([\d.]+):(\d+)", line)
         if not match:
             self.proc.kill()
             raise SystemExit(f"the server did not start: {line}{self.log_path.read_text()}")
@@ -113,6 +115,25 @@ def differences(before: dict, after: dict) -> list[str]:
 
 
 # -- talking raw HTTP -------------------------------------------------------------
+
+#: With --tls: the client side's TLS context (the server's certificate trusted).
+TLS: ssl.SSLContext | None = None
+
+
+def connect(port: int, timeout: float) -> socket.socket:
+    """A connection to the server: TCP, or TLS with --tls (handshake done)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return TLS.wrap_socket(sock, server_hostname="127.0.0.1") if TLS else sock
+
+
+def client_hello() -> bytes:
+    """The bytes a TLS client sends first (its ClientHello), made without a server."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        TLS.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1").do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 @dataclass
 class Response:
@@ -167,13 +188,13 @@ class Outcome:
 
 
 def exchange(port: int, ex: Exchange, bound: float = HANG_BOUND) -> Outcome:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=bound)
+    sock = connect(port, bound)
     sent_all = True
     try:
         for data, pause in ex.pieces:
             try:
                 sock.sendall(data)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):  # the server closed
                 sent_all = False
                 break
             if pause:
@@ -181,6 +202,8 @@ def exchange(port: int, ex: Exchange, bound: float = HANG_BOUND) -> Outcome:
         if ex.then == "close":
             return Outcome([], "closed", sent_all)
         if ex.then == "shutdown" and sent_all:
+            if TLS:  # TLS has no half-close (a shutdown ends it): the client goes away instead
+                return Outcome([], "closed", sent_all)
             sock.shutdown(socket.SHUT_WR)
         buf, responses, ended = b"", [], "hang"
         deadline = time.monotonic() + bound
@@ -190,7 +213,7 @@ def exchange(port: int, ex: Exchange, bound: float = HANG_BOUND) -> Outcome:
                 chunk = sock.recv(1 << 16)
             except socket.timeout:
                 break
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 ended = "reset"
                 break
             if not chunk:
@@ -226,7 +249,7 @@ def parse_close_delimited(buf: bytes) -> list[Response]:
 def problems_of(outcome: Outcome, ex: Exchange) -> list[str]:
     """What is wrong with the answers to one exchange."""
     found = []
-    if ex.then == "close":
+    if ex.then == "close" or (ex.then == "shutdown" and TLS):
         return found
     if outcome.ended == "hang":
         found.append(f"hang: neither {ex.responses} answer(s) nor a close within {HANG_BOUND:.0f} s")
@@ -561,8 +584,9 @@ class Canary(threading.Thread):
 
 def slowloris(harness: Harness, connections: int, seconds: float) -> list[str]:
     """``connections`` clients each send a request head one byte a second (reconnecting when
-    closed); the answers they get must be 408 JSON or nothing."""
-    head = b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100_000
+    closed); the answers they get must be 408 JSON or nothing.  With --tls, what they send a
+    byte a second is a TLS ClientHello (the answers are not read)."""
+    head = client_hello() if TLS else b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100_000
     selector = selectors.DefaultSelector()
     socks: dict[socket.socket, list] = {}
     problems: list[str] = []
@@ -605,7 +629,7 @@ def slowloris(harness: Harness, connections: int, seconds: float) -> list[str]:
                     data = sock.recv(65536)
                 except OSError:
                     data = b""
-                if data:
+                if data and not TLS:
                     socks[sock][1] += data
                 else:
                     finish(sock)
@@ -621,7 +645,7 @@ def idle_flood(harness: Harness, fresh: int, kept: int, seconds: float) -> list[
     socks = [socket.create_connection(("127.0.0.1", harness.port), timeout=10) for _ in range(fresh)]
     problems = []
     for _ in range(kept):
-        sock = socket.create_connection(("127.0.0.1", harness.port), timeout=10)
+        sock = connect(harness.port, 10)
         sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\n\r\n")
         buf = b""
         while not parse_responses(buf)[0]:
@@ -639,7 +663,7 @@ def idle_flood(harness: Harness, fresh: int, kept: int, seconds: float) -> list[
 
 def slow_reader(harness: Harness, seconds: float) -> list[str]:
     """GET the big tarball reading 16 KiB every 0.1 s, then go away mid-body."""
-    sock = socket.create_connection(("127.0.0.1", harness.port), timeout=HANG_BOUND)
+    sock = connect(harness.port, HANG_BOUND)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
     sock.sendall(request("GET", "/r/big/v1"))
     got = b""
@@ -658,7 +682,7 @@ def slow_reader(harness: Harness, seconds: float) -> list[str]:
 
 def byte_at_a_time(harness: Harness, seconds: float) -> list[str]:
     """A 1 MiB map upload sent a byte every 10 ms, then abandoned: nothing stored, no temporary left."""
-    sock = socket.create_connection(("127.0.0.1", harness.port), timeout=HANG_BOUND)
+    sock = connect(harness.port, HANG_BOUND)
     sock.sendall(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -676,7 +700,7 @@ def slow_bodies(harness: Harness, connections: int, seconds: float) -> list[str]
     thread count: the canary shows the workers left over still answer."""
     socks = []
     for _ in range(connections):
-        sock = socket.create_connection(("127.0.0.1", harness.port), timeout=HANG_BOUND)
+        sock = connect(harness.port, HANG_BOUND)
         sock.sendall(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
         socks.append(sock)
     end = time.monotonic() + seconds
@@ -728,14 +752,13 @@ class Harness:
                 problems += found
         if case.kind == "slow":
             self.figures.setdefault("canary_worst_during_s", {})[case.name] = round(canary.worst(started, time.monotonic()), 3)
-        time.sleep(0.05 if case.exchanges and case.exchanges[-1].then == "close" else 0)
-        if any(ex.then == "close" for ex in case.exchanges):
+        if any(ex.then == "close" or (ex.then == "shutdown" and TLS) for ex in case.exchanges):
             time.sleep(0.3)  # the server sees the close and cleans up
         self.last_snapshot = snapshot(self.server.data)
         problems += differences(before, self.last_snapshot)
         log = self.server.new_log()
         if "Traceback" in log or re.search(r" 5\d\d \d+ [\d.]+ms ", log):
-            problems.append("the server logged: " + log[log.find("Traceback"):][:300] if "Traceback" in log
+            problems.append("the server logged: " + log[log.find("Traceback"):][:2000] if "Traceback" in log
                             else "a 5xx in the access log")
         if self.server.proc.poll() is not None:
             problems.append(f"the server exited with {self.server.proc.returncode}")
@@ -762,16 +785,28 @@ def seed(port: int, data: Path, big: int) -> bytes:
     return call("GET", "/r/m/v1").body
 
 
+def tls_arguments(directory: Path) -> tuple[str, ...]:
+    """Make a certificate for 127.0.0.1, trust it (``TLS``), and say how to serve it."""
+    global TLS
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    TLS = ssl.create_default_context(cafile=str(cert))
+    return "--tls-cert", str(cert), "--tls-key", str(key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="light slow-client phases, for CI (< 30 s)")
     parser.add_argument("--output", help="write the figures as JSON to this file")
     parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS (a self-signed certificate made with openssl)")
     args = parser.parse_args(argv)
     threads = 8 if args.short else 32
     env = {"WOGIT_TIMEOUT": "5", "WOGIT_HEADER_TIMEOUT": "1.5"} if args.short else {}
     with tempfile.TemporaryDirectory(prefix="wogit-hostile-") as tmp:
-        server = Server(Path(tmp) / "registry.git", threads, env)
+        server = Server(Path(tmp) / "registry.git", threads, env, tls_arguments(Path(tmp)) if args.tls else ())
         try:
             tarball = seed(server.port, server.data, (4 if args.short else 64) << 20)
             time.sleep(0.5)
@@ -800,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requests": sum(len(c.exchanges) for c in cases), "canary_requests": len(canary.samples),
                 "canary_worst_overall_s": round(canary.worst(0, float("inf")), 3), **harness.figures,
                 "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_growth_kib": rss_after - rss_before,
-                "seconds": round(time.monotonic() - started, 1), "threads": threads,
+                "seconds": round(time.monotonic() - started, 1), "threads": threads, "tls": args.tls,
                 "violation_list": harness.violations,
             }
         finally:

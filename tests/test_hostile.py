@@ -288,3 +288,23 @@ def test_slow_tls_handshakes_and_heads_hold_no_worker(tmp_path):
         for sock in handshaking + heads:
             sock.close()
         srv.stop()
+
+
+@needs_openssl
+def test_tls_clients_that_go_away_mid_request_leave_no_traceback(tmp_path):
+    """cheroot took a TLS EOF for a server failure: a 'socket.error 8' traceback on stderr (and a 500 tried)."""
+    cert, key = self_signed(tmp_path)
+    srv = AnyServer(tmp_path / "registry.git", "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        for path in (b"/blobs/upload", b"/configs/upload"):
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                                     server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789" % path)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # gone, without TLS's close_notify
+        time.sleep(1)
+        assert requests.get(srv.url + "/v1", verify=str(cert), timeout=5).status_code == 200
+    finally:
+        srv.stop()
+    assert refs(srv.data) == {}
+    assert "Traceback" not in srv.log_text() and "socket.error" not in srv.log_text(), srv.log_text()

@@ -44,6 +44,12 @@ def error_answer(protocol: str, status: str, msg: str, close: bool, supplied_id:
     return head.encode("latin-1") + b"\r\n" + body
 
 
+def _peer_gone(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the client went away: over TLS, an EOF or a close_notify in the
+    middle of an exchange is that (cheroot ignores it on plain sockets only)."""
+    return isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, BrokenPipeError, ConnectionResetError))
+
+
 class _Request(cheroot_server.HTTPRequest):
     """cheroot's request, with strict framing, JSON for its own errors, and no unread body reused."""
 
@@ -88,7 +94,7 @@ class _Request(cheroot_server.HTTPRequest):
         try:
             self.conn.wfile.write(answer)
         except socket.error as ex:
-            if ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
+            if ex.args[0] not in cheroot_errors.socket_errors_to_ignore and not _peer_gone(ex):
                 raise
 
     def respond(self) -> None:
@@ -244,6 +250,12 @@ class _Server(wsgi.Server):
 
     listener: socket.socket | None = None  # a listening socket to serve instead of binding one
     header_timeout = Settings.header_timeout
+
+    def error_log(self, msg="", level=logging.INFO, traceback=False) -> None:
+        """cheroot's own errors: in the server's log, in its format (cheroot writes them, and
+        their tracebacks, to stderr as they are), except clients that went away."""
+        if not _peer_gone(sys.exc_info()[1]):
+            log.log(level, "%s", msg, exc_info=traceback)
 
     def bind(self, family, type, proto=0):
         if self.listener is None:
