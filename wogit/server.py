@@ -163,20 +163,17 @@ class _Connection(cheroot_server.HTTPConnection):
         """What has arrived (b"": the end; None: nothing yet); on TLS, first the handshake, a
         step at a time as its bytes arrive."""
         sock = self.socket
-        if not isinstance(sock, ssl.SSLSocket):
+        with _nonblocking(sock):  # with a timeout, Python would wait for readability first
             try:
-                return sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return None
-        with _nonblocking(sock):
-            try:
+                if not isinstance(sock, ssl.SSLSocket):
+                    return sock.recv(1 << 16)
                 if not self.handshaken:
                     self._handshake()
                 data = sock.recv(1 << 16)
                 while data and sock.pending():  # decrypted already, so the selector would not see it
                     data += sock.recv(sock.pending())
                 return data
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
                 return None
 
     def _handshake(self) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import urllib.parse
 import logging
 import time
+import urllib.parse
 
 import bottle
 
