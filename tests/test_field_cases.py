@@ -284,9 +284,9 @@ def test_fc009_truncated_body(server, kind):
 # -- FC-013 ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, path, allow", [
-    ("POST", "/blobs/upload", {"GET", "PUT"}),  # GET: /blobs/<digest>, which "upload" is not (400)
-    ("DELETE", "/blobs/upload", {"GET", "PUT"}),
-    ("POST", "/configs/upload", {"GET", "PUT"}),
+    ("POST", "/blobs/upload", {"PUT"}),  # not /blobs/<digest>: "upload" is not a digest
+    ("DELETE", "/blobs/upload", {"PUT"}),
+    ("POST", "/configs/upload", {"PUT"}),
     ("POST", "/r/m/v1", {"GET", "PUT", "DELETE"}),
     ("POST", "/r/m/metadata/k", {"GET", "DELETE"}),
 ])

@@ -92,46 +92,59 @@ def test_clone_fetch_and_push_over_http(fresh_server, tmp_path):
 
 def test_only_the_smart_endpoints_are_served(fresh_server):
     srv = fresh_server()
-    for path in ("/_git/HEAD", "/_git/info/refs", "/_git/info/refs?service=git-upload-archive",
-                 "/_git/objects/info/packs", "/_git/config", "/_git/hooks/pre-receive"):
+    for path in ("/_git/info/refs", "/_git/info/refs?service=git-upload-archive"):
         reply = requests.get(srv.url + path)
-        assert reply.status_code == 404, path
-        assert reply.headers["Content-Type"] == "application/json", path
-        assert "is not a git smart-HTTP endpoint" in reply.json()["msg"], path
-    reply = requests.put(srv.url + "/_git/git-upload-pack", data=b"0000")
-    assert reply.status_code == 405 and reply.headers["Allow"] == "GET,POST"
+        assert (reply.status_code, reply.headers["Content-Type"]) == (404, "application/json"), path
+        assert reply.json() == {"msg": "'info/refs' is not a git smart-HTTP endpoint "
+                                       "(info/refs?service=..., git-upload-pack, git-receive-pack)"}, path
+    for path in ("/_git/HEAD", "/_git/objects/info/packs", "/_git/config", "/_git/hooks/pre-receive"):
+        reply = requests.get(srv.url + path)
+        assert (reply.status_code, reply.headers["Content-Type"]) == (404, "application/json"), path
+        assert reply.json() == {"msg": f"no such resource: GET {path}"}, path
     advert = requests.get(srv.url + "/_git/info/refs?service=git-upload-pack")
     assert advert.status_code == 200
     assert advert.headers["Content-Type"] == "application/x-git-upload-pack-advertisement"
     assert advert.content.startswith(b"001e# service=git-upload-pack\n0000")
 
 
-@pytest.mark.parametrize("method, path, headers, status, allow", [
-    ("GET", "/_git/git-receive-pack", {}, 405, "POST"),
-    ("GET", "/_git/git-upload-pack", {}, 405, "POST"),
-    ("POST", "/_git/info/refs?service=git-upload-pack", {}, 405, "GET, HEAD"),
-    ("POST", "/_git/git-upload-pack", {"Content-Type": "text/plain"}, 400, None),
-    ("POST", "/_git/git-receive-pack", {"Content-Type": "application/x-git-upload-pack-request"}, 400, None),
-])
-def test_git_backend_refusals_are_json(fresh_server, method, path, headers, status, allow):
-    """git http-backend's own 405 and 415 were passed on as they were (text/html, no body)."""
-    srv = fresh_server()
-    before = refs(srv.data)
-    reply = requests.request(method, srv.url + path, data=b"0000", headers=headers)
-    assert (reply.status_code, reply.headers["Content-Type"], reply.headers.get("Allow")) == (
-        status, "application/json", allow)
-    git_status = {405: "405 Method Not Allowed", 400: "415 Unsupported Media Type"}[status]
-    assert reply.json() == {"msg": f"git http-backend refused the request: {git_status}"}
-    assert refs(srv.data) == before
+# Found by reliability/fuzz.py: one route served all of /_git with GET and POST, so Allow said
+# "GET,POST" everywhere, and git http-backend's own 405, 403 and 415 (HTML, text) reached clients.
+@pytest.mark.parametrize("method, path, allow", [
+    ("PUT", "/_git/git-upload-pack", "POST"), ("GET", "/_git/git-upload-pack", "POST"),
+    ("GET", "/_git/git-receive-pack", "POST"), ("OPTIONS", "/_git/git-receive-pack", "POST"),
+    ("POST", "/_git/info/refs?service=git-upload-pack", "GET"), ("OPTIONS", "/_git/info/refs", "GET"),
+    ("DELETE", "/_git/info/refs?service=git-receive-pack", "GET")])
+def test_each_git_endpoint_has_its_one_method(server, method, path, allow):
+    reply = requests.request(method, server.url + path, data=b"0000" if method in ("PUT", "POST") else None)
+    assert (reply.status_code, reply.headers["Allow"], reply.headers["Content-Type"]) == (405, allow, "application/json")
+    assert reply.json() == {"msg": f"{method} is not allowed on {path.split('?')[0]}; allowed: {allow}"}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-git-receive-pack-request",
+                                          "application/x-git-upload-pack-request; charset=utf-8"])
+def test_a_git_request_of_another_content_type_is_415_json(server, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    reply = requests.post(server.url + "/_git/git-upload-pack", data=b"0000", headers=headers)
+    assert (reply.status_code, reply.headers["Content-Type"]) == (415, "application/json")
+    assert reply.json() == {"msg": "a git-upload-pack request has Content-Type application/x-git-upload-pack-request, "
+                                   f"not {content_type or 'none'}"}
+
+
+def test_git_sees_the_service_the_registry_chose(server):
+    """With the service named twice, the gate and git answer the first one (git read the last: 403)."""
+    reply = requests.get(server.url + "/_git/info/refs?service=git-upload-pack&service=git-receive-pack")
+    assert (reply.status_code, reply.headers["Content-Type"]) == (200, "application/x-git-upload-pack-advertisement")
+    assert reply.content.startswith(b"001e# service=git-upload-pack\n0000")
 
 
 def test_the_git_path_is_never_a_repository(fresh_server):
     srv = fresh_server()
     m, c = srv.upload("map", MAP_DATA), srv.upload("config", CONFIG)
-    for path in ("_git/info/refs", "_git/x/y"):  # git's paths: a PUT is not allowed there
-        reply = srv.tag(path, m, c)
-        assert (reply.status_code, reply.headers["Allow"]) == (405, "GET,POST")
-        assert reply.json() == {"msg": f"PUT is not allowed on /{path}; allowed: GET,POST"}
+    reply = srv.tag("_git/info/refs", m, c)  # git's path: a PUT is not allowed there
+    assert (reply.status_code, reply.headers["Allow"]) == (405, "GET")
+    assert reply.json() == {"msg": "PUT is not allowed on /_git/info/refs; allowed: GET"}
+    reply = srv.tag("_git/x/y", m, c)  # nothing is there
+    assert (reply.status_code, reply.json()) == (404, {"msg": "no such resource: PUT /_git/x/y"})
     assert not [ref for ref in refs(srv.data) if "_git" in ref]
 
 

@@ -64,13 +64,13 @@ def test_gc_sweeps_what_no_tag_uses_after_the_grace_period(fresh_server):
     dry = wogit("gc", "--data", str(srv.data), "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout) == {"swept": expected_swept, "kept_in_grace": 1, "kept_in_use": 2,
-                                      "pruned_objects": 0, "freed_bytes": 0}
+                                      "pruned_objects": 0, "freed_bytes": 0, "problems": []}
     assert refs(srv.data) == before and all(path.exists() for path in swept_files)
 
     run = wogit("gc", "--data", str(srv.data), "--json")  # the server is running
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {"swept": expected_swept, "kept_in_grace": 1, "kept_in_use": 2,
-                                      "pruned_objects": 8, "freed_bytes": freed}
+                                      "pruned_objects": 8, "freed_bytes": freed, "problems": []}
     after = refs(srv.data)
     assert set(before) - set(after) == {f"refs/wo/_{contents[n][1]}s/sha256/{digests[n][7:]}"
                                         for n in ("old", "oldc", "gone")}

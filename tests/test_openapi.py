@@ -26,12 +26,8 @@ DOCUMENT_BYTES = openapi.PATH.read_bytes()
 DOCUMENT = json.loads(DOCUMENT_BYTES)
 METHODS = ("get", "head", "put", "post", "delete", "options", "patch", "trace")
 
-#: The one route that is not one path: ``/_git/<path:path>`` serves git's three smart-HTTP
-#: endpoints (wogit.githttp); every other path under /_git is 404, so only these are documented.
-GIT_ROUTES = {
-    ("GET", "/_git/{path}"): {("GET", "/_git/info/refs")},
-    ("POST", "/_git/{path}"): {("POST", "/_git/git-upload-pack"), ("POST", "/_git/git-receive-pack")},
-}
+#: git's three smart-HTTP endpoints (wogit.githttp), each a route of its own.
+GIT_ENDPOINTS = {("GET", "/_git/info/refs"), ("POST", "/_git/git-upload-pack"), ("POST", "/_git/git-receive-pack")}
 
 
 def make_app(tmp_path, **settings):
@@ -44,12 +40,9 @@ def template(rule: str) -> str:
 
 
 def app_operations(app) -> set[tuple[str, str]]:
-    """(method, path) of every route, as the document must list them: git's one route as its three
-    endpoints, and HEAD wherever there is a GET (Bottle answers HEAD with a GET route)."""
-    pairs = set()
-    for route in app.routes:
-        pair = (route.method, template(route.rule))
-        pairs |= GIT_ROUTES.get(pair, {pair})
+    """(method, path) of every route, as the document must list them: HEAD wherever there is a GET
+    (Bottle answers HEAD with a GET route)."""
+    pairs = {(route.method, template(route.rule)) for route in app.routes}
     return pairs | {("HEAD", path) for method, path in pairs if method == "GET"}
 
 
@@ -74,12 +67,12 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(tmp
                                        f"documented operations no route serves: {extra}")
 
 
-def test_the_git_endpoints_are_the_ones_git_http_serves():
+def test_the_git_endpoints_are_the_ones_git_http_serves(tmp_path):
     asked = {("GET", "/_git/info/refs"): githttp.service("info/refs", "service=git-upload-pack"),
              ("POST", "/_git/git-upload-pack"): githttp.service("git-upload-pack", ""),
              ("POST", "/_git/git-receive-pack"): githttp.service("git-receive-pack", "")}
     assert set(asked.values()) == set(githttp.SERVICES)
-    assert set(asked) == set().union(*GIT_ROUTES.values())
+    assert set(asked) == GIT_ENDPOINTS <= app_operations(make_app(tmp_path))
     service = next(p for p in DOCUMENT["paths"]["/_git/info/refs"]["get"]["parameters"] if p["name"] == "service")
     assert set(service["schema"]["enum"]) == set(githttp.SERVICES)
 
@@ -113,11 +106,11 @@ def test_each_operation_declares_the_permission_its_route_checks(tmp_path, setti
             needs = {k: v for k, v in needs.items() if k != "setting"} if value == "read" else None
         documented[(method.upper(), path)] = needs
     for route in make_app(tmp_path, **settings).routes:
-        for method, path in GIT_ROUTES.get((route.method, template(route.rule)), {(route.method, template(route.rule))}):
-            checked = route_needs(route, path)
-            assert documented[(method, path)] == checked, f"{method} {path}: {documented[(method, path)]} != {checked}"
-            if method == "GET":
-                assert documented[("HEAD", path)] == checked, f"HEAD {path}"
+        method, path = route.method, template(route.rule)
+        checked = route_needs(route, path)
+        assert documented[(method, path)] == checked, f"{method} {path}: {documented[(method, path)]} != {checked}"
+        if method == "GET":
+            assert documented[("HEAD", path)] == checked, f"HEAD {path}"
 
 
 # -- the document itself ---------------------------------------------------------------------
@@ -348,3 +341,59 @@ def test_answers_match_their_schemas(server, unique):
 
     check(requests.get(url + "/_git/info/refs?service=git-upload-pack"), "get", "/_git/info/refs", 200)
     check(requests.get(url + "/_git/info/refs"), "get", "/_git/info/refs", 404)
+
+
+# -- what reliability/fuzz.py found the document did not say ------------------------------------
+
+def test_request_bodies_say_what_the_server_refuses():
+    paths = DOCUMENT["paths"]
+    assert paths["/blobs/upload"]["put"]["requestBody"]["content"] == {
+        "application/octet-stream": {"schema": {"type": "string", "minLength": 1, "format": "binary"}}}
+    assert paths["/configs/upload"]["put"]["requestBody"]["content"] == {
+        "text/plain": {"schema": {"type": "string", "minLength": 1}}}
+    assert paths["/{repository}/{map}/metadata"]["put"]["requestBody"]["content"] == {
+        "text/plain": {"schema": {"type": "string", "pattern": openapi.METADATA_PATTERN}}}
+    for service in githttp.SERVICES:
+        operation = paths[f"/_git/{service}"]["post"]
+        assert operation["requestBody"]["content"] == {
+            f"application/x-{service}-request": {"schema": {"type": "string", "format": "binary"}}}
+        assert operation["responses"]["415"] == {"$ref": "#/components/responses/UnsupportedMediaType"}
+
+
+@pytest.mark.parametrize("body, valid", [
+    ("", True), ("a=1 b.c=2\r\n", True), ("k=v=w\tx=", True), ("a=é\u00a0", True), ("a[0]=1", True),
+    ("a", False), ("=1", False), ("a b=1", False), ("a=\x1c", False), ("a=\u2028", False), ("a=\x85", False),
+    ("k" * 128 + "=1", True), ("k" * 129 + "=1", False), ("a." + "b" * 1022 + "=1", True),
+    ("a." + "b" * 1023 + "=1", False), ("a/b=1", False)])
+def test_the_metadata_body_pattern_is_what_put_metadata_accepts(server, unique, body, valid):
+    assert (re.search(openapi.METADATA_PATTERN, body) is not None) is valid
+    server.push(f"{unique}/m/v1")
+    reply = requests.put(f"{server.url}/{unique}/m/metadata", data=body.encode("utf-8"))
+    Checker(server.url).check(reply, "put", "/{repository}/{map}/metadata", 200 if valid else 400)
+
+
+def test_an_empty_upload_and_a_git_request_of_another_type_are_documented(server):
+    check = Checker(server.url).check
+    assert check(requests.put(server.url + "/configs/upload", data=b""), "put", "/configs/upload", 400) == {
+        "msg": "the config is empty"}
+    assert check(requests.put(server.url + "/blobs/upload", data=b""), "put", "/blobs/upload", 400) == {
+        "msg": "the map is empty"}
+    assert check(requests.post(server.url + "/_git/git-upload-pack", data=b"0000"), "post",
+                 "/_git/git-upload-pack", 415) == {
+        "msg": "a git-upload-pack request has Content-Type application/x-git-upload-pack-request, not none"}
+
+
+def test_every_link_names_an_operation_and_only_its_parameters():
+    by_id = {operation["operationId"]: (path, operation) for _, path, operation in operations()}
+    found = []
+    for method, path, operation in operations():
+        for code, answer in operation["responses"].items():
+            for name, link in answer.get("links", {}).items():
+                target_path, target = by_id[link["operationId"]]
+                taken = {p["name"] for p in (resolve(r["$ref"]) if "$ref" in r else r for r in target["parameters"])}
+                assert set(link["parameters"]) <= taken, (method, path, name)
+                assert set(re.findall(r"{(\w+)}", target_path)) <= set(link["parameters"]), (method, path, name)
+                found.append((method, path, code, link["operationId"]))
+    assert ("put", "/{repository}/{map}/{tag_id}", "201", "getTag") in found
+    assert ("delete", "/{repository}/{map}/{tag_id}", "200", "getTag") in found
+    assert ("put", "/blobs/upload", "201", "getMap") in found and ("put", "/configs/upload", "201", "getConfigTags") in found

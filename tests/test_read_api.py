@@ -121,7 +121,8 @@ def test_if_range_and_if_none_match(server, big):
     ("/configs/sha256:" + "0" * 64, 404, "digest sha256:" + "0" * 64 + " names no uploaded config that you may read"),
     ("/blobs/sha256:ABC", 400, "invalid digest 'sha256:ABC': must be sha256: followed by 64 lowercase hex digits"),
     ("/blobs/md5:00", 400, "invalid digest 'md5:00': must be sha256: followed by 64 lowercase hex digits"),
-    ("/blobs/upload", 400, "invalid digest 'upload': must be sha256: followed by 64 lowercase hex digits"),
+    ("/blobs/upload", 405, "GET is not allowed on /blobs/upload; allowed: PUT"),  # the upload's path
+    ("/blobs/uploads", 400, "invalid digest 'uploads': must be sha256: followed by 64 lowercase hex digits"),
 ])
 def test_blob_errors(server, path, status, msg):
     reply = requests.get(server.url + path)
@@ -446,7 +447,7 @@ def test_history_and_at(fresh_server):
     pages, links = follow(srv.url + "/osm/area/_history", n=3)
     assert [len(p) for p in pages] == [3, 1] and links == [f"/osm/area/_history?n=3&last={history[2]['commit']}"]
     bad = requests.get(srv.url + "/osm/area/_history", params={"last": unknown})
-    assert bad.status_code == 400
+    assert (bad.status_code, bad.json()) == (404, {"msg": f"commit {unknown} is not in the history of osm/area"})
 
 
 def _seconds(text: str) -> int:
@@ -559,9 +560,11 @@ def test_an_uploader_proves_it_holds_bytes_someone_else_tagged_where_it_cannot_r
     assert requests.put(srv.url + "/secret/grab/v1", json=tag_body(m, digests["C"]), auth=alice).status_code == 201
     refused = requests.put(srv.url + "/robots/own/v1", json=tag_body(m, digests["C"]), auth=carol)
     assert (refused.status_code, refused.json()) == (404, {"msg": f"map_digest {m} names no uploaded map"})
-    for wrong in (proof[:-1] + ("0" if proof[-1] != "0" else "1"), 7, None):
+    # Not hex at all, nor ASCII (found by reliability/fuzz.py: it was a 500): not a proof either.
+    for wrong in (proof[:-1] + ("0" if proof[-1] != "0" else "1"), 7, None, "é" * 64, "\ud800", "\u00a4\x00"):
         body = {**tag_body(m, digests["C"]), "map_proof": wrong}
-        assert requests.put(srv.url + "/robots/own/v1", json=body, auth=carol).status_code == 404
+        refused = requests.put(srv.url + "/robots/own/v1", json=body, auth=carol)
+        assert (refused.status_code, refused.json()) == (404, {"msg": f"map_digest {m} names no uploaded map"})
     # Someone else's proof is not carol's.
     dave_proof = requests.put(srv.url + "/blobs/upload", data=data, auth=dave)
     assert dave_proof.status_code == 403  # dave may not upload at all
@@ -603,3 +606,36 @@ def test_a_dangling_index_ref_does_not_break_listings_or_gc(fresh_server):
                            capture_output=True, text=True)
     assert check.returncode == 1
     assert f"problem: refs/wo/_maps/sha256/{'4' * 64}: a map's digest index ref must point at a tree" in check.stdout
+
+
+# Found by reliability/fuzz.py: /blobs/<digest> took "upload" for a digest, so Allow on the upload
+# paths said GET,HEAD,PUT and a GET there was a 400 about a digest.
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE"])
+@pytest.mark.parametrize("path", ["/blobs/upload", "/configs/upload"])
+def test_the_upload_paths_allow_only_put(server, method, path):
+    reply = requests.request(method, server.url + path)
+    assert (reply.status_code, reply.headers["Allow"], reply.headers["Content-Type"]) == (405, "PUT", "application/json")
+    if method != "HEAD":
+        assert reply.json() == {"msg": f"{method} is not allowed on {path}; allowed: PUT"}
+
+
+def test_a_digest_route_still_answers_names_like_upload(server):
+    for path in ("/blobs/uploads", "/configs/upload.x"):
+        reply = requests.get(server.url + path)
+        assert (reply.status_code, reply.headers["Allow"] if "Allow" in reply.headers else None) == (400, None)
+        assert reply.json()["msg"].startswith("invalid digest ")
+
+
+# Found by reliability/fuzz.py: a well-formed commit id not in the history was a 400, as if the
+# request were malformed; like ?at=, it names nothing here: 404.
+def test_history_last_must_be_a_commit_id_of_this_history(server, unique):
+    server.push(f"{unique}/m/v1")
+    server.push(f"{unique}/m/v2")
+    history = requests.get(f"{server.url}/{unique}/m/_history").json()["history"]
+    after_first = requests.get(f"{server.url}/{unique}/m/_history", params={"last": history[0]["commit"]})
+    assert (after_first.status_code, after_first.json()) == (200, {"history": history[1:]})
+    unknown = requests.get(f"{server.url}/{unique}/m/_history", params={"last": "e" * 40})
+    assert (unknown.status_code, unknown.json()) == (404, {"msg": f"commit {'e' * 40} is not in the history of {unique}/m"})
+    for bad in ("x", "E" * 40, "e" * 39, history[0]["commit"] + "0", ""):
+        refused = requests.get(f"{server.url}/{unique}/m/_history", params={"last": bad})
+        assert (refused.status_code, refused.json()) == (400, {"msg": f"last={bad!r} is not a commit id (40 lowercase hex digits)"})

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-config-size", type=_size,
                        help="largest config accepted (WOGIT_MAX_CONFIG_SIZE; default 16M)")
     serve.add_argument("--threads", type=int, help=f"worker threads (WOGIT_THREADS; default {defaults.threads})")
+    serve.add_argument("--max-uploads", type=int, metavar="N",
+                       help="map and config uploads served at once by each process; more get 503 with "
+                            "Retry-After (WOGIT_MAX_UPLOADS; default 0: --threads less 4, at least 1)")
     serve.add_argument("--workers", type=int,
                        help=f"processes serving the port, each with --threads threads; more than 1 cannot be a "
                             f"replica nor push to mirrors (WOGIT_WORKERS; default {defaults.workers})")
@@ -115,7 +118,7 @@ def _serve(args) -> int:
         if loaded.htpasswd:
             file["auth_file"] = loaded.htpasswd
     flags = {name: getattr(args, name) for name in (
-        "data", "host", "port", "max_map_size", "max_config_size", "threads", "workers", "auth_file", "tls_cert", "tls_key",
+        "data", "host", "port", "max_map_size", "max_config_size", "threads", "max_uploads", "workers", "auth_file", "tls_cert", "tls_key",
         "hook_timeout", "replica_of", "replica_interval", "push_mirrors", "mirror_interval", "notify",
         "log_format", "metrics_access", "health_access", "download_cache_size")}
     flags = {name: tuple(value) if isinstance(value, list) else value for name, value in flags.items()}

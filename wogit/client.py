@@ -32,6 +32,7 @@ CHUNK = 1 << 16  # what a download writes (and flushes) at a time: a killed run 
 MAP, CONFIG = "map", "config"
 _ROUTE = {MAP: "blobs", CONFIG: "configs"}
 _DIGEST_HEADER = {MAP: "Wo-Map-Digest", CONFIG: "Wo-Config-Digest"}
+BUSY_WAIT = 60.0  # seconds a request waits in all, as 503 answers' Retry-After ask, before giving up
 
 
 # -- errors -------------------------------------------------------------------------
@@ -116,6 +117,12 @@ def json_of(response: requests.Response, key: str | None = None, kind: type = di
     except (ValueError, KeyError, TypeError):
         raise ClientError(f"the registry's answer to {response.request.method} {response.url} is not "
                           f"the JSON the API documents") from None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """The seconds a Retry-After header asks to wait (None: none, or not a number of seconds)."""
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def error_of(response: requests.Response) -> ClientError:
@@ -443,6 +450,7 @@ class Client:
         """Send a request (asking for credentials once on a 401 if none were given); an answer not in
         ``expect`` raises its ClientError. ``body`` makes the request body afresh for each try."""
         url = path if path.startswith(("http://", "https://")) else self.url + path
+        waited = 0.0
         while True:
             response = self._send(method, url, body, kwargs)
             if response.status_code == 401 and self.credentials is None and self.ask:
@@ -450,6 +458,12 @@ class Client:
                 if self.credentials is not None:
                     response.close()
                     continue
+            wait = _retry_after(response) if response.status_code == 503 else None
+            if wait is not None and waited + wait <= BUSY_WAIT:  # busy (as many uploads as it takes): again
+                response.close()
+                time.sleep(wait)
+                waited += wait
+                continue
             break
         if response.status_code in expect:
             return response

@@ -54,11 +54,6 @@ class Response:
     body: Iterator[bytes]
 
 
-#: git http-backend's refusals, as the registry's errors (git clients read only their status).
-_REFUSALS = {400: errors.BAD_REQUEST, 403: errors.FORBIDDEN, 404: errors.NOT_FOUND,
-             405: errors.METHOD_NOT_ALLOWED, 415: errors.BAD_REQUEST}
-
-
 def service(path: str, query: str) -> str | None:
     """The service a request asks for (None for anything but the smart endpoints)."""
     if path == "info/refs":
@@ -76,7 +71,10 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
     if asked is None:
         raise errors.NOT_FOUND(f"{request.path!r} is not a git smart-HTTP endpoint "
                                "(info/refs?service=..., git-upload-pack, git-receive-pack)")
-    env = _environment(git_dir, request, allow_push)
+    if request.method == "POST" and request.content_type != f"application/x-{asked}-request":
+        raise errors.UNSUPPORTED_MEDIA_TYPE(f"a {asked} request has Content-Type application/x-{asked}-request, "
+                                            f"not {request.content_type or 'none'}")
+    env = _environment(git_dir, request, asked, allow_push)
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(["git", "http-backend"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=stderr, cwd=git_dir, start_new_session=True)
@@ -85,6 +83,12 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
     feeder.start()
     try:
         status, headers = _cgi_headers(proc.stdout)
+        code = status.partition(" ")[0]
+        if not (code.isdigit() and int(code) < 400):
+            # Not expected once the request passed the checks above, but git's own error pages are
+            # HTML or text: the client hears it as every registry error, in JSON.
+            said = proc.stdout.read(4096).decode("utf-8", "replace").strip()
+            raise _GIT_ERRORS.get(code, errors.INTERNAL)(f"git http-backend answered {status}: {said}")
         # In git's stateless HTTP protocol the backend reads the whole request before it answers
         # (http-backend writes its headers first): a body cut short must be known before the
         # answer's status is.
@@ -96,17 +100,17 @@ def run(git_dir: str, request: Request, body: objects.Reader | None, allow_push:
         if failed and isinstance(failed[0], errors.WogitError):
             raise failed[0] from None  # a body cut short or too large: the client's fault, said so
         raise
-    code = int(status.split(" ", 1)[0]) if status[:3].isdigit() else 500
-    if code >= 400:  # git's refusal (a wrong method or Content-Type...): in JSON, like every error
-        _finish(proc, feeder, stderr, kill=True)
-        allow = {name: value for name, value in headers if name.lower() == "allow"}
-        raise _REFUSALS.get(code, errors.INTERNAL)(f"git http-backend refused the request: {status}", allow)
     # A push whose client goes away after sending it still runs to its end: stopping
     # receive-pack midway could leave some of its refs updated and others not.
     return Response(status, headers, _stream(proc, feeder, stderr, drain=asked == RECEIVE_PACK))
 
 
-def _environment(git_dir: str, request: Request, allow_push: bool) -> dict[str, str]:
+#: What a refusal of git http-backend becomes (anything else is a 500).
+_GIT_ERRORS = {"400": errors.BAD_REQUEST, "403": errors.FORBIDDEN, "404": errors.NOT_FOUND,
+               "405": errors.METHOD_NOT_ALLOWED, "415": errors.UNSUPPORTED_MEDIA_TYPE}
+
+
+def _environment(git_dir: str, request: Request, asked: str, allow_push: bool) -> dict[str, str]:
     # The server's own environment (PATH, proxies, what the operator's hooks need), without
     # anything that could steer git elsewhere or pose as a request's CGI variables.
     env = {name: value for name, value in os.environ.items()
@@ -115,7 +119,8 @@ def _environment(git_dir: str, request: Request, allow_push: bool) -> dict[str, 
         "GIT_PROJECT_ROOT": git_dir,
         "GIT_HTTP_EXPORT_ALL": "1",
         "PATH_INFO": "/" + request.path,
-        "QUERY_STRING": request.query,
+        # The service this server decided on, nothing else: git must not read another one of its own.
+        "QUERY_STRING": f"service={asked}" if request.path == "info/refs" else "",
         "REQUEST_METHOD": request.method,
         "SERVER_PROTOCOL": "HTTP/1.1",
         "GATEWAY_INTERFACE": "CGI/1.1",

@@ -47,6 +47,7 @@ class GcReport:
     kept_in_use: int = 0
     pruned_objects: int = 0
     freed_bytes: int = 0  # on disk, compressed
+    problems: list[str] = field(default_factory=list)  # unused uploads that could not be swept, and why
 
 
 @dataclass
@@ -73,8 +74,14 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
         if blob is None or now - _touched(store, blob, tree) < max(grace_seconds, MIN_PRUNE_AGE):
             report.kept_in_grace += 1
             continue
-        if dry_run or store._git("update-ref", "-d", ref, tree, check=False).returncode == 0:
+        if dry_run:
             swept[ref] = (tree, blob)
+            continue
+        deleted = store._git("update-ref", "-d", ref, tree, check=False)
+        if deleted.returncode == 0:
+            swept[ref] = (tree, blob)
+        elif "but expected" not in deleted.stderr:  # not a ref that moved meanwhile: say why (a full disk)
+            report.problems.append(f"cannot sweep {name.kind} {name.digest}: {deleted.stderr.strip()}")
     if swept and not dry_run:
         store._changed()
         again = _used(store)

@@ -1,6 +1,7 @@
 """``wogit gc`` and ``wogit fsck``: maintenance of a registry repository, beside a running server.
 
-Exit codes: 0 done (fsck: no problem), 1 fsck found problems, 2 usage error.
+Exit codes: 0 done (fsck: no problem), 1 fsck found problems, or gc could not sweep an unused upload
+(a full disk: deleting a packed ref rewrites packed-refs; each is named on standard error), 2 usage error.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _run(args, store) -> int:
         report = maintenance.gc(store, args.grace, args.dry_run)
         if args.json:
             print(json.dumps(asdict(report), indent=1, sort_keys=True))
-            return 0
+            return 1 if report.problems else 0
+        for problem in report.problems:
+            print(f"wogit gc: {problem}", file=sys.stderr)
         verb = "would sweep" if args.dry_run else "swept"
         for swept in report.swept:
             print(f"{verb} {swept.kind} {swept.digest} ({swept.size} bytes)")
@@ -78,7 +81,7 @@ def _run(args, store) -> int:
                   f"; pruned {report.pruned_objects} objects, freed {report.freed_bytes} bytes")
         print(f"{verb} {len(report.swept)} unused uploads; kept {report.kept_in_use} in use and "
               f"{report.kept_in_grace} within the grace period{pruned}")
-        return 0
+        return 1 if report.problems else 0
     report = maintenance.fsck(store)
     if args.json:
         print(json.dumps(asdict(report), indent=1, sort_keys=True))

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 UNMATCHED = "unmatched"
@@ -39,6 +39,8 @@ class Metrics:
                                 registry=self.registry)
         self.bytes_out = Counter("wogit_http_response_body_bytes", "Response body bytes sent", by_route,
                                  registry=self.registry)
+        self.uploads = Gauge("wogit_uploads_in_progress", "Map and config uploads running now (at most "
+                             "max_uploads; more are refused with 503)", registry=self.registry)
         self.registry.register(_Holdings(counts, counts_seconds))
         self._series: dict[tuple[str, str, str], tuple] = {}
 

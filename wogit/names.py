@@ -43,11 +43,13 @@ RESERVED_TAGS = frozenset({"metadata"})
 
 #: Path segments the registry's own routes use where a tag route's would be
 #: (``/_git/info/refs``, ``/<repository>/<map>/_tags``, ``/blobs/<digest>/_tags``...).
-ROUTE_WORDS = {"repository": ("_git", "_catalog"), "tag": ("metadata", "_tags", "_history")}
+ROUTE_WORDS = {"repository": ("_git", "_catalog"), "tag": ("metadata", "_tags", "_history"), "digest": ("upload",)}
 #: The tag route's segments (Bottle ``re`` filters): anything but those words, so a wrong method
 #: on one of those paths is a 405 with Allow, not a tag; other bad names reach the route (400).
 ROUTE_REPOSITORY = "(?!(?:" + "|".join(ROUTE_WORDS["repository"]) + ")(?:/|$))[^/]+"
 ROUTE_TAG = "(?!(?:" + "|".join(ROUTE_WORDS["tag"]) + ")(?:/|$))[^/]+"
+#: ``/blobs/<digest>``, ``/configs/<digest>``: not ``upload``, whose only method is PUT (Allow: PUT).
+ROUTE_DIGEST = "(?!(?:" + "|".join(ROUTE_WORDS["digest"]) + ")$)[^/]+"
 
 #: The two kinds of uploaded content; each has its own digest index.
 MAP = "map"

@@ -26,6 +26,13 @@ NAME_PATTERN = r"^(?!.*\.lock$)[a-z0-9]+([._-][a-z0-9]+)*$"
 TAG_PATTERN = r"^(?!metadata$)(?!.*\.\.)(?!.*\.$)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 KEY_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
 COMMIT_PATTERN = "^[0-9a-f]{40}$"
+# A PUT .../metadata body (wogit.metadata.parse): tokens split at ASCII whitespace, each a simple key
+# (names.KEY_RULE) or a nested one (a `.`, `[` or `]`; at most 1024 characters), `=`, and a value
+# without whitespace, control characters (Cc) or line/paragraph separators.
+_SEPARATOR = r"[ \t\n\v\f\r]"
+_VALUE_CHAR = r"[^\x00-\x20\x7f-\x9f\u2028\u2029]"
+_NESTED_KEY = r"(?=[A-Za-z0-9_.\[\]-]{1,1024}=)[A-Za-z0-9_-]*[.\[\]][A-Za-z0-9_.\[\]-]*"
+METADATA_PATTERN = rf"^{_SEPARATOR}*(?:(?:[A-Za-z0-9_-]{{1,128}}|{_NESTED_KEY})={_VALUE_CHAR}*(?:{_SEPARATOR}+|$))*$"
 # The RFC 3339 times ?at= takes (Python's datetime.fromisoformat): upper-case T and Z, no leap second, no year 0.
 AT_TIME_PATTERN = r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
 
@@ -51,14 +58,34 @@ def json_content(schema: dict) -> dict:
 
 
 def ok(description: str, schema: dict | None = None, headers: dict | None = None,
-       content: dict | None = None) -> dict:
+       content: dict | None = None, links: dict | None = None) -> dict:
     answer = {"description": description,
               "headers": {"X-Request-Id": header("X-Request-Id"), **(headers or {})}}
     if schema is not None:
         answer["content"] = json_content(schema)
     if content is not None:
         answer["content"] = content
+    if links:
+        answer["links"] = links
     return answer
+
+
+def links(source: str, *operation_ids: str) -> dict:
+    """OpenAPI links from an answer to the operations that read what it names: ``source`` is
+    "digest" (an upload's answer) or "tag" (a tag as PUT and DELETE answer it)."""
+    if source == "digest":
+        parameters = {"digest": "$response.body#/digest"}
+    else:
+        parameters = {"repository": "$response.body#/repository", "map": "$response.body#/map",
+                      "tag_id": "$response.body#/tag"}
+    made = {}
+    for operation_id in operation_ids:
+        wanted = {k: v for k, v in parameters.items() if k != "tag_id" or operation_id in TAG_OPERATIONS}
+        made[operation_id[0].upper() + operation_id[1:]] = {"operationId": operation_id, "parameters": wanted}
+    return made
+
+
+TAG_OPERATIONS = ("getTag", "deleteTag")  # operations of /{repository}/{map}/{tag_id}: they take tag_id
 
 
 # -- who may call what ----------------------------------------------------------
@@ -140,10 +167,10 @@ PARAMETERS = {
 }
 
 
-def last_param(token: str) -> dict:
+def last_param(token: str, schema: dict | None = None) -> dict:
     return query_param("last", f"Continuation token: {token}. Items strictly after it are answered (it need not "
                        "still exist). Follow the `Link` header rather than building tokens.",
-                       {"type": "string"})
+                       schema or {"type": "string"})
 
 
 def params(*names: str) -> list[dict]:
@@ -267,7 +294,7 @@ HEADERS = {
                             "schema": STRING},
     "WWW-Authenticate": {"description": 'Always `Basic realm="wogit", charset="UTF-8"`.',
                          "schema": {"const": 'Basic realm="wogit", charset="UTF-8"'}},
-    "Retry-After": {"description": "Seconds to wait before trying to log in again.",
+    "Retry-After": {"description": "Seconds to wait before trying again (to log in: 429; to upload: 503).",
                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
 }
 
@@ -289,6 +316,8 @@ RESPONSES = {
     "LengthRequired": error_response("The request has a body but neither Content-Length nor chunked encoding "
                                      "(LENGTH_REQUIRED); the connection is closed."),
     "TooLarge": error_response("The request body is larger than this registry accepts (TOO_LARGE)."),
+    "UnsupportedMediaType": error_response("A git request whose Content-Type is not its service's "
+                                           "`application/x-<service>-request` (UNSUPPORTED_MEDIA_TYPE)."),
     "RangeNotSatisfiable": error_response("The Range starts at or past the end (RANGE_NOT_SATISFIABLE).",
                                           **{"Content-Range": header("Content-Range")}),
     "HookRejected": error_response("An operator's validation hook refused the content (HOOK_REJECTED); msg is "
@@ -296,6 +325,12 @@ RESPONSES = {
     "TooManyRequests": error_response("Too many failed logins from this address (TOO_MANY_ATTEMPTS); verified "
                                       "credentials are not refused.", **{"Retry-After": header("Retry-After")}),
     "Unavailable": error_response("The registry is busy (UNAVAILABLE); retry shortly."),
+    "UploadsBusy": error_response("The registry is busy (UNAVAILABLE), or runs as many uploads as it takes at once "
+                                  "(`--max-uploads`; TOO_MANY_UPLOADS, answered before the body is read, with "
+                                  "Retry-After); retry shortly.", **{"Retry-After": header("Retry-After")}),
+    "InsufficientStorage": error_response("The registry's disk is full or its quota reached "
+                                          "(INSUFFICIENT_STORAGE); nothing was stored, and the same request "
+                                          "succeeds once space is freed."),
     "InternalError": error_response("The registry failed unexpectedly (INTERNAL, RULE_BROKEN), or its repository is damaged (REPOSITORY_DAMAGED); nothing changed."),
 }
 
@@ -386,8 +421,8 @@ def git() -> dict:
     service = query_param("service", "The git service asked for; without it (or another) the answer is 404.",
                           {"type": "string", "enum": ["git-upload-pack", "git-receive-pack"]}, required=True)
     common = {"404": error("NotFound", "not a git smart-HTTP endpoint (NOT_FOUND)"), **always()}
-    note = ("The answer is `git http-backend`'s own (streamed); only 401/403/404/411/413 and the registry's own "
-            "errors are JSON. Clone with `git clone --mirror http://HOST:PORT/_git`.")
+    note = ("A successful answer is `git http-backend`'s own (streamed); every error is JSON. Clone with "
+            "`git clone --mirror http://HOST:PORT/_git`.")
 
     def pack(service_name: str, operation_id: str, level: str, summary: str) -> dict:
         request = f"application/x-{service_name}-request"
@@ -396,10 +431,12 @@ def git() -> dict:
             note + (" Pushes go through the registry's `pre-receive` rules (docs/git.md)."
                     if service_name == "git-receive-pack" else ""),
             {"200": ok("git's answer", content={f"application/x-{service_name}-result": {"schema": STRING}}),
+             "415": error("UnsupportedMediaType"),
              **auth_errors(write=level == "admin"), **body_errors("the map size limit (`--max-map-size`)"),
              **common},
             needs(level, "everywhere"),
-            body=raw_body(request, "git's request (may be gzip, `Content-Encoding: gzip`)"), tags=["git"])}
+            body=raw_body(request, "git's request (may be gzip, `Content-Encoding: gzip`)",
+                          {"type": "string", "format": "binary"}), tags=["git"])}
 
     refs_access = needs("read", "everywhere")
     refs_access["x-wogit-needs"] = {"level": "read or admin", "scope": "everywhere"}
@@ -429,15 +466,16 @@ def uploads() -> dict:
             f"upload{kind.title()}", f"Upload a {kind}",
             f"Stores the bytes, addressed by their digest. Maps and configs are separate kinds: the same bytes "
             f"may be uploaded once as each.",
-            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")}),
+            {"201": ok("Stored", ref("schemas", "Upload"), {name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")},
+                       links=links("digest", f"get{kind.title()}", f"get{kind.title()}Tags")),
              "409": {**error_response(f"These bytes were already uploaded as a {kind} (EXISTS)",
                                       **{name: header(name), "Wo-Upload-Proof": header("Wo-Upload-Proof")})},
-             "422": error("HookRejected"), "503": error("Unavailable"),
+             "422": error("HookRejected"), "503": error("UploadsBusy"), "507": error("InsufficientStorage"),
              **auth_errors(write=True), **body_errors(limit),
              **always(f"an empty body, a malformed or mismatching `{name}`, a body cut short{extra_400}")},
             needs("write", "any"), parameters=[announced],
-            body=raw_body(media, f"The {kind}'s bytes" + ("" if kind == "map" else " (UTF-8)"),
-                          {"type": "string", "format": "binary"} if kind == "map" else None),
+            body=raw_body(media, f"The {kind}'s bytes" + ("" if kind == "map" else " (UTF-8)") + ", not empty",
+                          {"type": "string", "minLength": 1, **({"format": "binary"} if kind == "map" else {})}),
             tags=["content"])}
 
     return {"/blobs/upload": upload("map", "`--max-map-size` (default 64 GiB)", ""),
@@ -519,9 +557,13 @@ def listing() -> dict:
         "/{repository}/{map}/_history": {"get": op(
             "getHistory", "What happened to a map",
             "Tags created and deleted, metadata set and deleted, newest first. Paginated.",
-            {"200": ok("The history", ref("schemas", "History"), {"Link": header("Link")}), "404": unknown_map,
-             **auth_errors(), **always("an invalid name, a bad `n`, a `last` that is not a commit of this history")},
-            needs("read"), params("repository", "map", "n") + [last_param("a commit id of this history")],
+            {"200": ok("The history", ref("schemas", "History"), {"Link": header("Link")}),
+             "404": error("NotFound", "the repository or map does not exist (MAP_UNKNOWN), or `last` names a "
+                                      "commit not in its history (COMMIT_UNKNOWN)"),
+             **auth_errors(), **always("an invalid name, a bad `n`, a `last` that is not a commit id")},
+            needs("read"), params("repository", "map", "n") + [
+                last_param("a commit id of this history (another commit id is 404, COMMIT_UNKNOWN)",
+                           {"type": "string", "pattern": COMMIT_PATTERN})],
             tags=["lists"])},
     }
 
@@ -536,13 +578,14 @@ def metadata() -> dict:
                       "`key=value` pairs separated by ASCII whitespace, merged into the map's metadata (the last "
                       "of a repeated key wins; nested keys are ignored). On any 400 nothing is applied.",
                       {"200": ok("Applied", ref("schemas", "MetadataSet")), "404": unknown_map,
-                       "503": error("Unavailable"), **auth_errors(write=True), **body_errors("1 MiB"),
+                       "503": error("Unavailable"), "507": error("InsufficientStorage"),
+                       **auth_errors(write=True), **body_errors("1 MiB"),
                        **always("an invalid name, a token without `=`, an invalid key, a value with a control "
                                 "character or a space, a body that is not UTF-8, metadata beyond 1000 keys or "
                                 "1 MiB (METADATA_TOO_LARGE)")},
                       needs("write"), params("repository", "map"),
                       body={"required": False, "description": "UTF-8 `key=value` pairs; empty changes nothing",
-                            "content": {"text/plain": {"schema": STRING}}},
+                            "content": {"text/plain": {"schema": {"type": "string", "pattern": METADATA_PATTERN}}}},
                       tags=["metadata"]),
             "get": op("getAllMetadata", "All metadata",
                       "One `key=value` line per key, sorted, each ending in LF (empty when there is none): the "
@@ -563,8 +606,8 @@ def metadata() -> dict:
             "delete": op("deleteMetadata", "Delete a metadata key", "Recorded in the map's history.",
                          {"200": ok("Deleted", ref("schemas", "MetadataDeleted")),
                           "404": error("NotFound", "the key or map does not exist (KEY_UNKNOWN, MAP_UNKNOWN)"),
-                          "503": error("Unavailable"), **auth_errors(write=True),
-                          **always("an invalid repository or map name (NAME_INVALID)")},
+                          "503": error("Unavailable"), "507": error("InsufficientStorage"),
+                          **auth_errors(write=True), **always("an invalid repository or map name (NAME_INVALID)")},
                          needs("write"), params("repository", "map", "key"), tags=["metadata"])},
     }
 
@@ -574,11 +617,12 @@ def tags() -> dict:
     return {"/{repository}/{map}/{tag_id}": {
         "put": op("createTag", "Create a tag",
                   "Tags are immutable. A map exists once it has a tag. On any error nothing is created.",
-                  {"201": ok("Created", tag, {"Location": header("Location")}),
+                  {"201": ok("Created", tag, {"Location": header("Location")},
+                             links=links("tag", "getTag", "deleteTag", "listTags", "getHistory", "getAllMetadata")),
                    "404": error("NotFound", "a digest is malformed, unknown, or names content of the other kind "
                                             "(BLOB_UNKNOWN)"),
                    "409": error("Conflict", "the tag exists (EXISTS)"), "422": error("HookRejected"),
-                   "503": error("Unavailable"),
+                   "503": error("Unavailable"), "507": error("InsufficientStorage"),
                    **auth_errors(write=True), **body_errors("1 MiB"),
                    **always("an invalid name; an empty body; a body that is not a JSON object with both fields as "
                             "strings (BODY_INVALID)")},
@@ -602,9 +646,11 @@ def tags() -> dict:
         "delete": op("deleteTag", "Delete a tag",
                      "Recorded in the map's history; the map and config stay stored until `wogit gc` finds no "
                      "tag uses them.",
-                     {"200": ok("The deleted tag, as PUT answered it", tag),
+                     {"200": ok("The deleted tag, as PUT answered it", tag,
+                                links=links("tag", "getTag", "listTags", "getHistory")),
                       "404": error("NotFound", "the tag does not exist (TAG_UNKNOWN)"), "503": error("Unavailable"),
-                      **auth_errors(write=True), **always("an invalid name (NAME_INVALID)")},
+                      "507": error("InsufficientStorage"), **auth_errors(write=True),
+                      **always("an invalid name (NAME_INVALID)")},
                      needs("delete"), params("repository", "map", "tag_id"), tags=["tags"])}}
 
 
@@ -639,8 +685,8 @@ def document() -> dict:
         "info": {"title": "wogit", "version": __version__,
                  "summary": "A registry for maps, stored in a bare git repository",
                  "description": "Every route of the wogit HTTP API (docs/api.md is the prose). Every 4xx and 5xx "
-                                "answer is `application/json` `{\"msg\": ...}`, except git's own answers under "
-                                "`/_git`; a 405 carries `Allow`. Every answer carries `X-Request-Id`. Where "
+                                "answer is `application/json` `{\"msg\": ...}`, under `/_git` too; a 405 carries "
+                                "`Allow`. Every answer carries `X-Request-Id`. Where "
                                 "credentials are needed, anonymous access is allowed as far as the registry's "
                                 "policy grants it (`GET /v1` says what anonymous clients may do).",
                  "license": {"name": "MIT", "identifier": "MIT"}},

@@ -20,6 +20,7 @@ class Settings:
     max_config_size: int = 16 * MiB
     max_body_size: int = 1 * MiB  # tag JSON and metadata bodies
     threads: int = 32
+    max_uploads: int = 0  # map and config uploads at once, per process (503 beyond); 0: threads - 4, at least 1
     workers: int = 1  # processes serving the port (forked, sharing one listening socket)
     backlog: int = 256  # connections the kernel queues before the server accepts them
     max_idle_connections: int = 256  # kept-alive connections waiting for their next request; more are closed
@@ -61,6 +62,12 @@ class Settings:
             if name in values and values[name] not in allowed:
                 raise SystemExit(f"wogit: {name} must be {' or '.join(allowed)}, not {values[name]!r}")
         return cls(**values)
+
+    @property
+    def upload_slots(self) -> int:
+        """How many uploads run at once in a process: ``max_uploads``, or by default all the threads but
+        4 (at least 1), so that reads always find a thread while uploads hold the rest."""
+        return self.max_uploads if self.max_uploads > 0 else max(1, self.threads - 4)
 
 
 #: Settings that take one of a few words.

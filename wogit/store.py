@@ -8,13 +8,16 @@ Writes are safe across threads and processes: every ref change is an atomic
 create (tags, digest index) or a compare-and-swap of the old value (metadata),
 retried on lock contention or a lost race, so no update is lost and nothing
 half-written becomes visible.  Objects and refs are fsync'd before a write
-returns.
+returns.  A write that runs out of disk space removes what it wrote and raises
+INSUFFICIENT_STORAGE (``_storing``); the next one succeeds once space is freed.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
+import functools
 import hashlib
 import logging
 import os
@@ -127,6 +130,48 @@ class _Contended(Exception):
         self.ref = ref
 
 
+#: What a full disk, a quota reached or a file-size limit (RLIMIT_FSIZE) make a write fail with.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: How git says the same in its messages (LC_ALL=C: objects.GIT_ENV).
+_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def _storing(verb: Callable[..., T]) -> Callable[..., T]:
+    """A write verb whose running out of disk space (``NO_SPACE_ERRNOS``) is INSUFFICIENT_STORAGE:
+    every write cleans up after itself on any error (no temporary object, no lock, no ref moved),
+    so nothing of it remains and the next write, once space is freed, succeeds."""
+    @functools.wraps(verb)
+    def write(self, *args, **kwargs):
+        try:
+            return verb(self, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            raise errors.INSUFFICIENT_STORAGE(
+                f"the registry's disk is full: {exc.strerror or exc}; nothing was stored, "
+                "retry once space is freed") from None
+    return write
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(prepared) -> Iterator[None]:
+    """Remove the temporary files of ``prepared`` objects (a live view: a list or a dict's values,
+    filled meanwhile) if the block fails: a full disk refusing the next object leaves none behind."""
+    try:
+        yield
+    except BaseException:
+        objects.discard(list(prepared))
+        raise
+
+
+def _no_space(git_stderr: str) -> OSError | None:
+    """The OSError a git command's failure stands for when it ran out of space, else None."""
+    for code, words in zip((errno.ENOSPC, errno.EDQUOT, errno.EFBIG), _NO_SPACE_WORDS):
+        if words in git_stderr:
+            return OSError(code, words)
+    return None
+
+
 class Store:
     def __init__(self, path: str, fsync: bool = True, retry_seconds: float = 30.0,
                  hook_timeout: float = serverhooks.DEFAULT_TIMEOUT, cache_size: int = cache.DEFAULT_BOUND):
@@ -158,6 +203,7 @@ class Store:
 
     # -- maps and configs ----------------------------------------------------
 
+    @_storing
     def put(self, kind: str, body: objects.Reader, length: int | None = None,
             expected: str | None = None, actor: str | None = None, shortcut: bool = True) -> Upload:
         """Store one map or config read from ``body`` (``length`` bytes, or to EOF).
@@ -245,10 +291,13 @@ class Store:
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
     def is_upload_proof(self, token: object, actor: str | None, kind: str, digest: str) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(token, self.upload_proof(actor, kind, digest))
+        # A proof is hex: any other text (which compare_digest refuses if not ASCII) is not one.
+        return isinstance(token, str) and token.isascii() \
+            and hmac.compare_digest(token, self.upload_proof(actor, kind, digest))
 
     # -- tags ----------------------------------------------------------------
 
+    @_storing
     def create_tag(self, repository: str, map: str, tag: str, map_digest: str, config_digest: str,
                    actor: str | None = None) -> Tag:
         ref = names.tag_ref(repository, map, tag)
@@ -261,7 +310,8 @@ class Store:
         tree = self._prepare("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid) for kind, (_, oid) in blobs.items()}))
         message = (f"tag {repository}/{map}/{tag}\n\n"
                    f"map_digest: {map_digest}\nconfig_digest: {config_digest}\n")
-        prepared = self._prepare("commit", objects.commit_bytes(tree.oid, [], _person(actor), _person(), message))
+        with _discarded_on_failure([tree]):  # a full disk may refuse the commit's file
+            prepared = self._prepare("commit", objects.commit_bytes(tree.oid, [], _person(actor), _person(), message))
         objects.install(self.objects_dir, [tree, prepared], self.fsync)  # synced together
         commit = prepared.oid
         rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
@@ -340,6 +390,7 @@ class Store:
         prefix = names.tags_prefix(repository, map)
         return bool(self._git("for-each-ref", "--count=1", "--format=%(refname)", prefix).stdout.strip())
 
+    @_storing
     def delete_tag(self, repository: str, map: str, tag: str, actor: str | None = None) -> Tag:
         """Delete a tag, recording it in the map's metadata history, in one ref transaction."""
         ref = names.tag_ref(repository, map, tag)
@@ -519,6 +570,7 @@ class Store:
         unique = {(c.action, c.commit): c for c in reversed(changes)}
         return [c for c in changes if unique.get((c.action, c.commit)) is c]
 
+    @_storing
     def set_metadata(self, repository: str, map: str, items: dict[str, str], actor: str | None = None) -> list[str]:
         """Merge ``items`` into the map's metadata; return the keys whose value changed."""
         self.require_map(repository, map)
@@ -528,7 +580,10 @@ class Store:
             metadata.check_value(key, value)
         values = {key: value.encode("utf-8") for key, value in items.items()}
         metadata.check_limits({key: len(value) for key, value in values.items()})  # before writing anything
-        prepared = {key: self._prepare("blob", value) for key, value in values.items()}  # synced with the commit
+        prepared: dict[str, objects.Prepared] = {}  # synced with the commit
+        with _discarded_on_failure(prepared.values()):
+            for key, value in values.items():
+                prepared[key] = self._prepare("blob", value)
         blobs = {key: p.oid for key, p in prepared.items()}
 
         def change(entries: dict[str, tuple[int, str]], size: Callable[[str], int]) -> tuple[list[str], str]:
@@ -543,6 +598,7 @@ class Store:
         sizes = {blobs[key]: len(value) for key, value in values.items()}
         return self._change_metadata(repository, map, change, actor, list(prepared.values()), sizes)
 
+    @_storing
     def delete_metadata(self, repository: str, map: str, key: str, actor: str | None = None) -> None:
         self.require_map(repository, map)
         unknown = errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}")
@@ -613,21 +669,23 @@ class Store:
         def size(oid: str) -> int:
             return sizes[oid] if oid in sizes else repo.odb.read_header(oid)[1]
 
-        for queued in batch:
-            after = dict(entries)
-            try:
-                changed, message = queued.change(after, size)
-            except errors.WogitError as exc:
-                outcomes[queued] = exc
-                continue
-            outcomes[queued] = changed
-            if not changed:
-                continue
-            tree = self._prepare("tree", objects.tree_bytes(after))
-            commit = self._prepare("commit", objects.commit_bytes(
-                tree.oid, [head] if head != rules.ZERO else [], _person(queued.actor), _person(), message))
-            written += [*queued.blobs, tree, commit]
-            entries, head = after, commit.oid
+        made: list[objects.Prepared] = []  # this attempt's trees and commits
+        with _discarded_on_failure(made):  # (the changes' own blobs: _change_metadata discards them)
+            for queued in batch:
+                after = dict(entries)
+                try:
+                    changed, message = queued.change(after, size)
+                except errors.WogitError as exc:
+                    outcomes[queued] = exc
+                    continue
+                outcomes[queued] = changed
+                if not changed:
+                    continue
+                made.append(tree := self._prepare("tree", objects.tree_bytes(after)))
+                made.append(commit := self._prepare("commit", objects.commit_bytes(
+                    tree.oid, [head] if head != rules.ZERO else [], _person(queued.actor), _person(), message)))
+                written += [*queued.blobs, tree, commit]
+                entries, head = after, commit.oid
         if head == old:
             return outcomes
         objects.install(self.objects_dir, written, self.fsync)
@@ -755,6 +813,9 @@ class Store:
         if result.returncode == 0:
             self._changed()
             return
+        full = _no_space(result.stderr)  # its messages name the lock it could not write: not contention
+        if full is not None:
+            raise full
         if any(sign in result.stderr for sign in ("but expected", "reference already exists", ".lock",
                                                    "unable to resolve reference", "reference is missing")):
             # The ref git could not lock may be another of the transaction's (a map's history):

@@ -71,11 +71,11 @@ def install(app, store, settings) -> None:
         chosen, headers = pages.page(tags, _place)
         return json_response(200, {"tags": [describe_tag(t) for t in chosen]}, headers)
 
-    @app.route("/blobs/<digest>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
+    @app.route(f"/blobs/<digest:re:{names.ROUTE_DIGEST}>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
     def get_map(digest):
         return get(names.MAP, digest)
 
-    @app.route("/configs/<digest>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
+    @app.route(f"/configs/<digest:re:{names.ROUTE_DIGEST}>", ["GET", "HEAD"], need=Level.READ, scope=ANY)
     def get_config(digest):
         return get(names.CONFIG, digest)
 

@@ -2,10 +2,10 @@
 
 ``git clone http://HOST:PORT/_git`` clones the whole registry.  Reading needs
 ``read`` on every repository (a clone holds them all); pushing needs ``admin``
-and goes through the registry's ``pre-receive`` hook like any push.  Git clients
-get git's own protocol answers; what git does not speak (no permission, an
-endpoint that is not git's) and git's own refusals (a wrong method or Content-Type)
-are answered with JSON.
+and goes through the registry's ``pre-receive`` hook like any push.  Only git's
+three smart endpoints are routes, each with its one method (so a wrong method is a
+405 whose ``Allow`` is right, and any other path under ``/_git`` is a 404).  Git
+clients get git's own protocol answers; every error is JSON like any other.
 """
 
 import bottle
@@ -17,14 +17,12 @@ from wogit.api.gate import EVERYWHERE, USER
 
 
 def _need(request) -> Level:
-    asked = githttp.service(request.environ.get("PATH_INFO", "").removeprefix("/_git/"),
-                            request.environ.get("QUERY_STRING", ""))
+    asked = githttp.service("info/refs", request.environ.get("QUERY_STRING", ""))
     return Level.ADMIN if asked == githttp.RECEIVE_PACK else Level.READ
 
 
 def install(app, store, settings) -> None:
-    @app.route("/_git/<path:path>", method=["GET", "POST"], need=_need, scope=EVERYWHERE)
-    def git(path):
+    def serve(path: str):
         environ = bottle.request.environ
         request = githttp.Request(
             method=environ["REQUEST_METHOD"], path=path, query=environ.get("QUERY_STRING", ""),
@@ -36,3 +34,15 @@ def install(app, store, settings) -> None:
             body = Body(environ, settings.max_map_size, "git request", empty_ok=True)
         answer = store.serve_git(request, body)
         return bottle.HTTPResponse(answer.body, answer.status, dict(answer.headers))
+
+    @app.get("/_git/info/refs", need=_need, scope=EVERYWHERE)
+    def git_info_refs():
+        return serve("info/refs")
+
+    @app.post("/_git/git-upload-pack", need=Level.READ, scope=EVERYWHERE)
+    def git_upload_pack():
+        return serve(githttp.UPLOAD_PACK)
+
+    @app.post("/_git/git-receive-pack", need=Level.ADMIN, scope=EVERYWHERE)
+    def git_receive_pack():
+        return serve(githttp.RECEIVE_PACK)

@@ -48,9 +48,11 @@ def install(app, store, settings) -> None:
         changes = store.history(repository, map)
         last, start = pages.last(), 0
         if last is not None:
+            if not names.is_commit_id(last):
+                raise errors.BAD_REQUEST(f"last={last!r} is not a commit id (40 lowercase hex digits)")
             ids = [c.commit for c in changes]
-            if last not in ids:
-                raise errors.BAD_REQUEST(f"last={last!r} is not a commit of this map's history")
+            if last not in ids:  # well formed, but names nothing here: as for ?at=
+                raise errors.COMMIT_UNKNOWN(f"commit {last} is not in the history of {repository}/{map}")
             start = ids.index(last) + 1
         chosen, headers = pages.page(changes, lambda c: c.commit, start)
         return json_response(200, {"history": [_describe_change(c) for c in chosen]}, headers)
