@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 
 import pytest
 import requests
 from conftest import git, json_body_of, raw_request, refs, status_of
+from test_access_control import AnyServer, needs_openssl, self_signed
 
 
 def responses_in(raw: bytes) -> list[int]:
@@ -172,3 +174,137 @@ def test_the_access_log_cannot_be_forged(fresh_server):
     assert not [line for line in lines if line.startswith("2026-12-04 00:00:00,000")]
     assert re.search(r" 127\.0\.0\.1 - GET " + re.escape("/x%0A2026-12-04%2000:00:00,000%20wogit.access%20INFO%2010.0.0.9%20"
                      "alice%20PUT%20/osm/forged/v1%20201%0A%1B[31mRED%00") + r" 404 \d+ [\d.]+ms [0-9a-f]{32}$", lines[-1])
+
+
+def test_slow_request_heads_hold_no_worker(fresh_server):
+    """Slowloris: heads sent a byte at a time wait in the selector, not in a worker (2 here), so
+    other clients are answered; a head still arriving after header_timeout gets 408 and a close."""
+    srv = fresh_server(None, "--threads", "2", env={"WOGIT_HEADER_TIMEOUT": "1"})
+    slow = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        assert requests.get(srv.url + "/v1", timeout=5).status_code == 200  # old: waited for a worker (30 s)
+        trickling, silent = slow[0], slow[1]
+        answer = b""
+        for _ in range(40):  # a byte every 0.1 s until the answer (after 1 s)
+            time.sleep(0.1)
+            try:
+                trickling.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        while chunk := trickling.recv(65536):
+            answer += chunk
+        assert status_of(answer) == 408
+        assert b"\r\nConnection: close\r\n" in answer
+        assert json_body_of(answer) == {"msg": "the request's head took longer than 1 s"}
+        assert silent.recv(65536) == b""  # silent since: closed at the deadline, unanswered
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_request_head_in_pieces_is_answered(fresh_server):
+    srv = fresh_server()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        for piece in (b"GET /v1 HT", b"TP/1.1\r\nHo", b"st: x\r\nConnection: close\r", b"\n\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert responses_in(answer) == [200]
+    assert json_body_of(answer)["api"] == "v1"
+
+
+@pytest.mark.parametrize("first_line", [b"GET /v1\r\n", b"PRI * HTTP/2.0\r\n", b"\x16\x03\x01\x00\xa5\r\n"])
+def test_a_first_line_that_is_not_http1_is_refused_without_waiting_for_headers(server, first_line):
+    """HTTP/0.9, HTTP/2's preface, TLS on the plain port: refused as soon as the line is whole
+    (not after header_timeout: the client may never send a blank line)."""
+    raw = raw_request(server.url, first_line, read_timeout=5)
+    assert status_of(raw) in (400, 505)
+    assert "msg" in json_body_of(raw)
+
+
+@pytest.mark.parametrize("coding", [b"chunked, identity", b"identity, chunked", b"xchunked", b"gzip", b"chunked, chunked"])
+def test_transfer_encodings_other_than_chunked_are_400(fresh_server, coding):
+    """Was 501 from cheroot (a 5xx for a client's error); RFC 9112 6.3: 400 when chunked is not last."""
+    srv = fresh_server()
+    srv.push("r/m/v1")
+    before = refs(srv.data)
+    smuggled = b"PUT /r/m/metadata HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\nsmuggled=yes\n"
+    raw = raw_request(srv.url, b"PUT /r/m/metadata HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding
+                      + b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled))
+    assert responses_in(raw) == [400]
+    assert json_body_of(raw) == {"msg": f"Transfer-Encoding must be chunked, not {coding.decode()!r}"}
+    assert refs(srv.data) == before
+
+
+@pytest.mark.parametrize("query", ["last=%FF", "sort=%C0%AF", "n=%ED%A0%80", "%FF=1", "a=%C3"])
+def test_query_string_that_is_not_utf8_is_400_and_stores_nothing(fresh_server, query):
+    """Bottle read it as Latin-1 ('?last=%ff' was 'ÿ', answered 200)."""
+    srv = fresh_server()
+    srv.push("r/m/v1")
+    before = refs(srv.data)
+    for method, path, body in (("GET", "/r/m/_tags", None), ("PUT", "/r/m/metadata", b"k=1")):
+        reply = requests.request(method, f"{srv.url}{path}?{query}", data=body)
+        assert (reply.status_code, reply.json()) == (400, {"msg": "the query string is not valid UTF-8"})
+    assert refs(srv.data) == before
+
+
+@needs_openssl
+def test_slow_tls_handshakes_and_heads_hold_no_worker(tmp_path):
+    """Over TLS too: the handshake and the head are gathered in the selector, not in a worker."""
+    cert, key = self_signed(tmp_path)
+    srv = AnyServer(tmp_path / "registry.git", "--threads", "2", "--tls-cert", str(cert), "--tls-key", str(key),
+                    env={"WOGIT_HEADER_TIMEOUT": "1"}).start()
+    port = srv.port
+    context = ssl.create_default_context(cafile=str(cert))
+    handshaking = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    heads = [context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="127.0.0.1") for _ in range(4)]
+    try:
+        for sock in handshaking:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, never finished
+        for sock in heads:
+            sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        reply = requests.get(srv.url + "/v1", verify=str(cert), timeout=5)
+        assert reply.status_code == 200
+        answer = b""
+        for _ in range(40):
+            time.sleep(0.1)
+            try:
+                heads[0].sendall(b"a")
+            except OSError:
+                break
+        try:
+            while chunk := heads[0].recv(65536):
+                answer += chunk
+        except OSError:  # the close may come as a reset once the 408 is read
+            pass
+        assert status_of(answer) == 408
+        assert json_body_of(answer) == {"msg": "the request's head took longer than 1 s"}
+    finally:
+        for sock in handshaking + heads:
+            sock.close()
+        srv.stop()
+
+
+@needs_openssl
+def test_tls_clients_that_go_away_mid_request_leave_no_traceback(tmp_path):
+    """cheroot took a TLS EOF for a server failure: a 'socket.error 8' traceback on stderr (and a 500 tried)."""
+    cert, key = self_signed(tmp_path)
+    srv = AnyServer(tmp_path / "registry.git", "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        for path in (b"/blobs/upload", b"/configs/upload"):
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                                     server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789" % path)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # gone, without TLS's close_notify
+        time.sleep(1)
+        assert requests.get(srv.url + "/v1", verify=str(cert), timeout=5).status_code == 200
+    finally:
+        srv.stop()
+    assert refs(srv.data) == {}
+    assert "Traceback" not in srv.log_text() and "socket.error" not in srv.log_text(), srv.log_text()

@@ -5,11 +5,13 @@ the last of two Content-Length headers, accepts whitespace before a colon and
 folded lines, parses chunk sizes with ``int(x, 16)`` (``0x5``, ``+5``, `` 5 ``),
 never reads chunk trailers, and holds each chunk whole in memory.  These readers
 refuse all of that (cheroot answers their ``ValueError`` with 400) and stream.
+``RequestHead`` gathers a request's head before a worker thread is given to it.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from cheroot import server as cheroot_server
 
@@ -18,6 +20,8 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Headers that may come once: a second one would let two readers (a proxy, us) disagree.
 _SINGLE = {b"Content-Length", b"Transfer-Encoding", b"Host", b"Expect", b"Authorization",
            b"Wo-Map-Digest", b"Wo-Config-Digest"}
+#: A request line as HTTP/1.x writes it; any other first line is refused as soon as it is whole.
+_REQUEST_LINE = re.compile(rb"[^ \r\n]+ [^ \r\n]+ HTTP/1\.[01]\r")
 MAX_LINE = 8192
 MAX_TRAILERS = 64
 
@@ -42,6 +46,10 @@ class StrictHeaderReader(cheroot_server.HeaderReader):
                 raise ValueError(f"invalid header line {line[:80]!r}")
             key = self._transform_key(name)
             value = value.strip(b" \t")
+            if key == b"Transfer-Encoding" and value.lower() != b"chunked":
+                # Only chunked is implemented; "chunked" not last (or unknown) leaves the body's
+                # length unknown, which RFC 9112 (6.3) answers with 400 (cheroot: 501).
+                raise ValueError(f"Transfer-Encoding must be chunked, not {value[:40].decode('latin-1')!r}")
             if key in hdict:
                 if key in _SINGLE:
                     raise ValueError(f"the header {key.decode()} is repeated")
@@ -116,3 +124,26 @@ class ChunkedReader:
             if not line.endswith(b"\r\n"):
                 raise ValueError("bad trailer line")
         raise ValueError("too many trailer lines")
+
+
+class RequestHead:
+    """A request's head (request line and headers) gathered as its bytes arrive.
+
+    The server gives a connection a worker thread only once its head is whole (or is sure
+    to be refused), so clients that send their heads slowly (slowloris) hold no thread.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.started = time.time()  # the clock of cheroot's idle-connection expiry
+
+    def add(self, chunk: bytes) -> bool:
+        """Add what arrived; whether the head can go to a worker: its blank line is there,
+        or its first line is whole but not HTTP/1.x's (a worker refuses it at once)."""
+        searched = max(0, len(self.data) - 3)
+        self.data += chunk
+        if self.data.find(b"\n\r\n", searched) >= 0 or self.data.find(b"\n\n", searched) >= 0:
+            return True
+        start = 2 if self.data.startswith(b"\r\n") else 0  # cheroot skips one empty line first
+        end = self.data.find(b"\n", start)
+        return end >= 0 and _REQUEST_LINE.fullmatch(self.data, start, end) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from wogit.access import Policy
 from wogit.api import create_app
 from wogit.api.gate import Gate
 from wogit.auth import Throttle, Users
-from wogit.framing import ChunkedReader, KnownLengthReader, StrictHeaderReader
+from wogit.framing import ChunkedReader, KnownLengthReader, RequestHead, StrictHeaderReader
 from wogit.metrics import Metrics
 from wogit.observe import configure_logging, observed, request_id
 from wogit.replication import Notifier, PushMirror, Replica, Replication, redact
@@ -31,6 +32,22 @@ from wogit.store import Store
 from wogit.store import init as init_store
 
 log = logging.getLogger("wogit")
+
+
+def error_answer(protocol: str, status: str, msg: str, close: bool, supplied_id: str | None = None) -> bytes:
+    """A whole HTTP answer with a JSON ``{"msg"}`` body, for errors answered outside the app."""
+    body = (json.dumps({"msg": msg}) + "\n").encode()
+    head = (f"{protocol} {status}\r\nContent-Length: {len(body)}\r\nContent-Type: application/json\r\n"
+            f"X-Request-Id: {request_id(supplied_id)}\r\n")
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def _peer_gone(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the client went away: over TLS, an EOF or a close_notify in the
+    middle of an exchange is that (cheroot ignores it on plain sockets only)."""
+    return isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, BrokenPipeError, ConnectionResetError))
 
 
 class _Request(cheroot_server.HTTPRequest):
@@ -71,17 +88,13 @@ class _Request(cheroot_server.HTTPRequest):
             self.close_connection = True
         if isinstance(msg, bytes):
             msg = msg.decode("latin-1")
-        body = (json.dumps({"msg": msg or status[4:]}) + "\n").encode()
         supplied = self.inheaders.get(b"X-Request-Id")
-        rid = request_id(supplied.decode("latin-1") if supplied is not None else None)
-        head = (f"{self.server.protocol} {status}\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: application/json\r\nX-Request-Id: {rid}\r\n")
-        if self.close_connection:
-            head += "Connection: close\r\n"
+        answer = error_answer(self.server.protocol, status, msg or status[4:], self.close_connection,
+                              supplied.decode("latin-1") if supplied is not None else None)
         try:
-            self.conn.wfile.write(head.encode("latin-1") + b"\r\n" + body)
+            self.conn.wfile.write(answer)
         except socket.error as ex:
-            if ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
+            if ex.args[0] not in cheroot_errors.socket_errors_to_ignore and not _peer_gone(ex):
                 raise
 
     def respond(self) -> None:
@@ -110,29 +123,71 @@ class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
     unread_body = False
     handshaken = False
+    head: RequestHead | None = None  # the next request's head, while it arrives
     LINGER_SECONDS = 5.0
     LINGER_BYTES = 64 << 20
 
-    def communicate(self) -> bool:
-        """Serve requests; first, on a TLS connection, its handshake (here, in a worker thread)."""
-        if not self.handshaken and isinstance(self.socket, ssl.SSLSocket):
+    def gather_head(self, limit: int, timeout: float) -> bool | None:
+        """Read what has arrived of the next request's head, without waiting (the selector's
+        thread calls this when the socket is readable).  True: the head is whole (or too large,
+        or sure to be refused), buffered for ``communicate``; False: wait for more; None: the
+        connection is closed (by the client, or here, with a 408, once the head has taken
+        longer than ``timeout`` seconds; on TLS, the handshake counts as part of the head)."""
+        try:
+            chunk = self._receive_now()
+        except OSError:  # a reset, a failed handshake (answered if it was plain HTTP)
+            chunk = b""
+        if chunk == b"" and self.head is None:  # closed between requests
+            self.close()
+            return None
+        self.head = self.head or RequestHead()
+        if chunk is not None and (not chunk or self.head.add(chunk) or len(self.head.data) > limit):
+            rfile = self.rfile  # cheroot reads the head from here (a _pyio BufferedReader)
+            with rfile._read_lock:
+                rfile._read_buf = bytes(self.head.data) + rfile._read_buf[rfile._read_pos:]
+                rfile._read_pos = 0
+            self.head = None
+            return True
+        if time.time() - self.head.started > timeout:
             try:
-                self.socket.do_handshake()
-            except ssl.SSLError as exc:
-                if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
-                    body = json.dumps({"msg": "this port speaks HTTPS only: use https://"}).encode() + b"\n"
-                    head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id(None)}\r\n"
-                            "Connection: close\r\n\r\n").encode()
-                    try:
-                        socket.socket.sendall(self.socket, head + body)  # the raw socket, not TLS
-                    except OSError:
-                        pass
-                return False
+                with _nonblocking(self.socket):
+                    self.socket.send(error_answer("HTTP/1.1", "408 Request Timeout",
+                                                  f"the request's head took longer than {timeout:g} s", True))
             except OSError:
-                return False
-            self.handshaken = True
-        return super().communicate()
+                pass
+            self.close()
+            return None
+        return False
+
+    def _receive_now(self) -> bytes | None:
+        """What has arrived (b"": the end; None: nothing yet); on TLS, first the handshake, a
+        step at a time as its bytes arrive."""
+        sock = self.socket
+        with _nonblocking(sock):  # with a timeout, Python would wait for readability first
+            try:
+                if not isinstance(sock, ssl.SSLSocket):
+                    return sock.recv(1 << 16)
+                if not self.handshaken:
+                    self._handshake()
+                data = sock.recv(1 << 16)
+                while data and sock.pending():  # decrypted already, so the selector would not see it
+                    data += sock.recv(sock.pending())
+                return data
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                return None
+
+    def _handshake(self) -> None:
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLError as exc:
+            if "http request" in str(exc):  # plain HTTP on the HTTPS port: say so, in plain HTTP
+                answer = error_answer("HTTP/1.1", "400 Bad Request", "this port speaks HTTPS only: use https://", True)
+                try:
+                    socket.socket.send(self.socket, answer)  # the raw socket, not TLS
+                except OSError:
+                    pass
+            raise
+        self.handshaken = True
 
     def close(self) -> None:
         """Close; after an answer to a body left unread, linger to read (and drop) what is
@@ -153,13 +208,24 @@ class _Connection(cheroot_server.HTTPConnection):
         super().close()
 
 
+@contextlib.contextmanager
+def _nonblocking(sock: socket.socket):
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        yield
+    finally:
+        sock.settimeout(timeout)
+
+
 class _LazyTLS(BuiltinSSLAdapter):
     """cheroot's TLS adapter, without the handshake in the accept loop.
 
     cheroot shakes hands in its one accept thread, so a client that connects and
     sends nothing stops every new connection for the whole timeout (cheroot
-    issue #748).  Here the socket is only wrapped; the handshake happens in a
-    worker once the client has sent its first bytes (``_Connection.communicate``).
+    issue #748).  Here the socket is only wrapped; the handshake happens in the
+    selector's thread, a step at a time as the client's bytes arrive, as part of
+    gathering the first request's head (``_Connection.gather_head``).
     """
 
     def wrap(self, sock):
@@ -168,14 +234,25 @@ class _LazyTLS(BuiltinSSLAdapter):
 
 
 class _Server(wsgi.Server):
-    """Hands a connection to a worker only once the client has sent something.
+    """Hands a connection to a worker only once the client has sent a whole request head.
 
     cheroot gives every new connection a worker at once, so a few idle
     connections could hold every worker; here a new connection first waits in
     the selector, like a kept-alive one, and is closed there after ``timeout``.
+    Then the selector's thread gathers the request's head (over TLS: the
+    handshake, then the head) as it arrives, and only a whole head gets a worker: clients sending their heads a
+    byte at a time (slowloris) hold no worker, and a head that takes longer than
+    ``header_timeout`` seconds from its first byte is answered 408 and closed.
     """
 
     listener: socket.socket | None = None  # a listening socket to serve instead of binding one
+    header_timeout = Settings.header_timeout
+
+    def error_log(self, msg="", level=logging.INFO, traceback=False) -> None:
+        """cheroot's own errors: in the server's log, in its format (cheroot writes them, and
+        their tracebacks, to stderr as they are), except clients that went away."""
+        if not _peer_gone(sys.exc_info()[1]):
+            log.log(level, "%s", msg, exc_info=traceback)
 
     def bind(self, family, type, proto=0):
         if self.listener is None:
@@ -196,7 +273,17 @@ class _Server(wsgi.Server):
             conn.wogit_waited = True
             self._connections.put(conn)
             return
-        super().process_conn(conn)
+        if conn.rfile.has_data():  # pipelined: the head is buffered already
+            super().process_conn(conn)
+            return
+        ready = conn.gather_head(self.max_request_header_size, self.header_timeout)
+        if ready:
+            super().process_conn(conn)
+        elif ready is False:
+            self._connections.put(conn)
+            if conn.head is not None:
+                # cheroot's expiry closes a connection idle for ``timeout``: this one, at its head's deadline.
+                conn.last_used = conn.head.started + min(self.header_timeout, self.timeout) - self.timeout
 
 
 def build_gate(settings: Settings, policy: Policy | None = None) -> Gate:
@@ -257,6 +344,7 @@ def build_server(settings: Settings, store: Store | None = None, gate: Gate | No
         accepted_queue_timeout=1.0, request_queue_size=settings.backlog,
     )
     server.max_request_header_size = settings.max_header_size  # cheroot's default is unlimited
+    server.header_timeout = settings.header_timeout
     # cheroot closes a connection after its answer once 10 others wait idle for their next
     # request: with more clients than that, keep-alive would end in a reconnect per request.
     server.keep_alive_conn_limit = settings.max_idle_connections

@@ -25,6 +25,7 @@ class Settings:
     backlog: int = 256  # connections the kernel queues before the server accepts them
     max_idle_connections: int = 256  # kept-alive connections waiting for their next request; more are closed
     timeout: float = 30.0  # seconds a connection may sit idle mid-request
+    header_timeout: float = 10.0  # seconds a request's head (line and headers) may take, from its first byte
     shutdown_timeout: float = 30.0  # seconds to finish requests in flight on SIGTERM
     max_header_size: int = 64 * KiB
     fsync: bool = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 
 import bottle
 
@@ -82,14 +83,17 @@ class App(bottle.Bottle):
     """A Bottle app whose own errors (no route, wrong method, bad path) are JSON too."""
 
     def __call__(self, environ, start_response):
-        # Bottle drops bytes of the path that are not UTF-8 ('/v%ff1' would be '/v1').
-        try:
-            environ["PATH_INFO"].encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            body = json.dumps({"msg": "the path is not valid UTF-8"}).encode() + b"\n"
-            start_response("400 Bad Request", [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body))), ("Connection", "close")])
-            return [body]
+        # Bottle drops bytes of the path that are not UTF-8 ('/v%ff1' would be '/v1'), and
+        # reads the query string's as Latin-1 ('?last=%ff' would be 'ÿ').
+        query = urllib.parse.unquote_to_bytes(environ.get("QUERY_STRING", "").encode("latin-1"))
+        for what, raw in (("path", environ["PATH_INFO"].encode("latin-1")), ("query string", query)):
+            try:
+                raw.decode("utf-8")
+            except UnicodeError:
+                body = json.dumps({"msg": f"the {what} is not valid UTF-8"}).encode() + b"\n"
+                start_response("400 Bad Request", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))), ("Connection", "close")])
+                return [body]
         return super().__call__(environ, start_response)
 
     def default_error_handler(self, res: bottle.HTTPError) -> str:
