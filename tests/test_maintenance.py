@@ -108,6 +108,62 @@ def test_tagging_an_old_upload_freshens_it_so_gc_keeps_it(fresh_server):
     assert files[0].exists() and files[2].exists()
 
 
+PAUSED_HOOK = """#!/bin/sh
+# runs after wogit's own checks: tell the test the push is between its checks and its ref update,
+# and wait until the test says go on
+touch "$GIT_DIR/push-paused"
+while [ ! -e "$GIT_DIR/push-go-on" ]; do sleep 0.05; done
+"""
+
+
+def test_a_pushed_tag_of_old_uploads_survives_a_gc_during_the_push(fresh_server, tmp_path):
+    """races.py, gc rounds: a pushed tag naming uploads that are old and unused (so not sent by the
+    push) raced `wogit gc`, which swept their index refs and pruned their blobs while the push's
+    pre-receive ran; the push was accepted and the tag pointed at missing objects. The hook now
+    touches the blobs a pushed tag names before checking it, as the API's tag creation does."""
+    srv = fresh_server()
+    map_data, config = b"an old map, tagged by a push", b"old: yes\n"
+    m, c = srv.upload("map", map_data), srv.upload("config", config)
+    files = age(srv.data, "map", map_data, 2 * HOUR) + age(srv.data, "config", config, 2 * HOUR)
+    client = tmp_path / "client.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(client)], check=True)
+    (client / "objects" / "info" / "alternates").write_text(f"{srv.data / 'objects'}\n")  # has them, sends none
+    env = {**os.environ, "GIT_AUTHOR_NAME": "p", "GIT_AUTHOR_EMAIL": "p@example.com",
+           "GIT_COMMITTER_NAME": "p", "GIT_COMMITTER_EMAIL": "p@example.com"}
+    tree = subprocess.run(["git", "--git-dir", str(client), "mktree"], check=True, capture_output=True, text=True,
+                          input=f"100644 blob {git_blob_id(config)}\tconfig\n100644 blob {git_blob_id(map_data)}\tmap\n"
+                          ).stdout.strip()
+    commit = subprocess.run(["git", "--git-dir", str(client), "commit-tree", tree, "-m", "tag osm/pushed/v1", "-m",
+                             f"map_digest: {m}\nconfig_digest: {c}"], check=True, capture_output=True, text=True,
+                            env=env).stdout.strip()
+    hook = srv.data / "hooks" / "pre-receive.d" / "50-paused"
+    hook.write_text(PAUSED_HOOK)
+    hook.chmod(0o755)
+    push = subprocess.Popen(["git", "--git-dir", str(client), "push", "--porcelain", str(srv.data),
+                             f"{commit}:refs/wo/osm/pushed/v1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (srv.data / "push-paused").exists():
+            assert push.poll() is None and time.monotonic() < deadline, push.communicate()
+            time.sleep(0.05)
+        report = json.loads(wogit("gc", "--data", str(srv.data), "--json").stdout)
+    finally:
+        (srv.data / "push-go-on").touch()
+        out, err = push.communicate(timeout=60)
+    assert (report["swept"], report["kept_in_grace"], report["pruned_objects"]) == ([], 2, 0)
+    assert push.returncode == 0, out + err
+    assert f"*\t{commit}:refs/wo/osm/pushed/v1\t[new reference]" in out.splitlines()
+    assert all(path.exists() for path in files)
+    assert refs(srv.data) == {"refs/wo/osm/pushed/v1": commit,
+                    "refs/wo/_maps/sha256/" + m[7:]: index_tree_id("map", map_data),
+                    "refs/wo/_configs/sha256/" + c[7:]: index_tree_id("config", config)}
+    got = requests.get(srv.url + "/osm/pushed/v1")
+    assert (got.status_code, got.headers["Wo-Map-Digest"], got.headers["Wo-Config-Digest"]) == (200, m, c)
+    fsck(srv.data)
+    assert wogit("fsck", "--data", str(srv.data)).returncode == 0
+
+
 def test_gc_and_fsck_refuse_what_is_not_a_registry(tmp_path):
     for command in ("gc", "fsck"):
         result = wogit(command, "--data", str(tmp_path / "nothing"))

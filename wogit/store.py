@@ -168,7 +168,7 @@ class Store:
         the body is read even when the announced digest is stored.
         """
         expected_hex = names.digest_hex(expected, "announced digest") if expected is not None else None
-        if expected_hex and shortcut and self._blob_oid(kind, expected) is not None:
+        if expected_hex and shortcut and self._stored(kind, expected):
             return Upload(expected, False)
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
         # The operator's validator reads a file: with one, the body is spooled to a named file first.
@@ -203,6 +203,12 @@ class Store:
                 os.unlink(spool_path)
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
+
+    def _stored(self, kind: str, digest: str) -> bool:
+        """Whether a map or config is stored, touched first as an upload of it would be (so a
+        ``wogit gc`` that swept it meanwhile indexes it again, wogit.maintenance)."""
+        oid = self._blob_oid(kind, digest)
+        return oid is not None and self._touch(oid) and self._blob_oid(kind, digest) == oid
 
     def _index_tree(self, kind: str, oid: str) -> str:
         """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
@@ -303,13 +309,8 @@ class Store:
 
     def _touch(self, oid: str) -> bool:
         """Make an object look new to ``git prune``; False if it is not there (any more)."""
-        try:
-            os.utime(os.path.join(self.objects_dir, oid[:2], oid[2:]))
-        except FileNotFoundError:
-            return self.repo.odb.exists(oid)  # packed: git prune removes only loose objects
-        except PermissionError:
-            pass  # another user's file: a git prune run as we are could not remove it either
-        return True
+        # packed: git prune removes only loose objects
+        return objects.touch(self.objects_dir, oid) or self.repo.odb.exists(oid)
 
     def _keep_indexed(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
         """After a tag is created: its blobs are still there and indexed (a gc running meanwhile
