@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 import requests
 
 from conftest import ROOT, fsck, git, git_blob_id, index_tree_id, refs, sha256
+
+from wogit import objects
+from wogit.store import Store
 
 HOUR = 3600
 
@@ -162,6 +166,35 @@ def test_a_pushed_tag_of_old_uploads_survives_a_gc_during_the_push(fresh_server,
     assert (got.status_code, got.headers["Wo-Map-Digest"], got.headers["Wo-Config-Digest"]) == (200, m, c)
     fsck(srv.data)
     assert wogit("fsck", "--data", str(srv.data)).returncode == 0
+
+
+def test_a_tag_whose_upload_gc_unindexes_during_its_creation_is_created(tmp_path, monkeypatch):
+    """races.py, gc rounds: a gc that had found an upload old (before a tag's creation freshened
+    it) removed its digest index ref while the tag was being made, and the rules' check of the tag
+    then answered 500 RULE_BROKEN ("names no uploaded config"). The index ref is now put back (gc
+    would too: the blob was touched) and the tag is created. The removal is made to happen at that
+    moment: right after the tag's objects are written, as `wogit gc` does it (git update-ref -d)."""
+    store = Store(str(tmp_path / "registry.git"))
+    map_data, config = b"a map tagged while gc sweeps", b"swept: almost\n"
+    m = store.put("map", io.BytesIO(map_data), len(map_data)).digest
+    c = store.put("config", io.BytesIO(config), len(config)).digest
+    index = "refs/wo/_configs/sha256/" + c[7:]
+    install, swept = objects.install, []
+
+    def install_then_sweep(*args, **kwargs):
+        install(*args, **kwargs)
+        if not swept:
+            swept.append(git(store.path, "update-ref", "-d", index, index_tree_id("config", config)).returncode)
+
+    monkeypatch.setattr(objects, "install", install_then_sweep)
+    tag = store.create_tag("osm", "swept", "v1", m, c)
+    assert swept == [0]
+    assert (tag.map_digest, tag.config_digest, tag.map_oid, tag.config_oid) == \
+        (m, c, git_blob_id(map_data), git_blob_id(config))
+    assert refs(store.path) == {"refs/wo/osm/swept/v1": tag.commit,
+                                "refs/wo/_maps/sha256/" + m[7:]: index_tree_id("map", map_data),
+                                index: index_tree_id("config", config)}
+    fsck(store.path)
 
 
 def test_gc_and_fsck_refuse_what_is_not_a_registry(tmp_path):
