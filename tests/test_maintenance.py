@@ -11,12 +11,13 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 import requests
 
 from conftest import ROOT, fsck, git, git_blob_id, index_tree_id, refs, sha256
 
-from wogit import objects
-from wogit.store import Store
+from wogit import maintenance, objects
+from wogit.store import Store, Upload
 
 HOUR = 3600
 
@@ -194,6 +195,34 @@ def test_a_tag_whose_upload_gc_unindexes_during_its_creation_is_created(tmp_path
     assert refs(store.path) == {"refs/wo/osm/swept/v1": tag.commit,
                                 "refs/wo/_maps/sha256/" + m[7:]: index_tree_id("map", map_data),
                                 index: index_tree_id("config", config)}
+    fsck(store.path)
+
+
+@pytest.mark.parametrize("announced", [False, True], ids=["body", "digest-announced"])
+def test_an_upload_answered_409_while_gc_sweeps_it_stays_stored(tmp_path, monkeypatch, announced):
+    """races.py, gc rounds: an old upload uploaded again is answered 409 (stored already); a gc that
+    had found it old just before then removed its index ref, and the bytes the 409 said were stored
+    were swept. gc now indexes again what was touched after it looked, and an upload answered
+    before its body is read (the digest announced) touches the blob too. The upload is made to
+    happen at that moment: right before gc's compare-and-swap removal of the index ref."""
+    store = Store(str(tmp_path / "registry.git"))
+    data = b"an old upload, uploaded again"
+    d = store.put("map", io.BytesIO(data), len(data)).digest
+    files = age(Path(store.path), "map", data, 2 * HOUR)
+    run_git, answers = store._git, []
+
+    def upload_first(*args, **kwargs):
+        if args[:2] == ("update-ref", "-d") and not answers:
+            answers.append(store.put("map", io.BytesIO(data), len(data), expected=d if announced else None))
+        return run_git(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_git", upload_first)
+    report = maintenance.gc(store, HOUR)
+    assert answers == [Upload(d, False)]  # the API's 409
+    assert (report.swept, report.kept_in_grace, report.kept_in_use, report.pruned_objects) == ([], 0, 0, 0)
+    assert refs(store.path) == {"refs/wo/_maps/sha256/" + d[7:]: index_tree_id("map", data)}
+    assert all(path.exists() for path in files)
+    assert store.get_blob("map", d).oid == git_blob_id(data)
     fsck(store.path)
 
 
