@@ -123,6 +123,7 @@ class Pusher:
         subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
         (path / "objects" / "info" / "alternates").write_text(str(data / "objects") + "\n")
         self.seconds: list[float] = [0.5]  # how long pushes took: HTTP racers spread over that
+        self.rejections: Counter = Counter()  # why pushes were refused
 
     def run(self, *args: str, input: bytes | None = None) -> str:
         return git(self.path, *args, input=input).stdout.decode().strip()
@@ -170,10 +171,57 @@ class Pusher:
                 flags[parts[1].split(":", 1)[1]] = parts[0]
         if result.returncode == 0 and "!" in flags.values():
             raise AssertionError(f"git push exited 0 but refused a ref: {result.stdout}{result.stderr}")
+        if "!" in flags.values():
+            self.rejections[_reason(result.stdout + result.stderr)] += 1
         return flags
 
     def typical(self) -> float:
         return sorted(self.seconds)[len(self.seconds) // 2]
+
+
+class PackRefs:
+    """`git pack-refs --all` again and again beside the round (as an operator may run it beside
+    live servers): every ref moves from its loose file into packed-refs while it is read and written."""
+
+    def __init__(self, data: Path):
+        self.data, self.runs, self.failures = data, 0, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            result = git(self.data, "pack-refs", "--all", check=False)
+            self.runs += 1
+            if result.returncode != 0 and b"Unable to create" not in result.stderr:  # another one's lock
+                self.failures.append(result.stderr.decode()[-300:])
+            self.done.wait(0.05)
+
+    def finish(self) -> int:
+        self.done.set()
+        self.thread.join()
+        if self.failures:
+            raise AssertionError(f"git pack-refs failed: {self.failures[:2]}")
+        return self.runs
+
+
+REASONS = (  # why a push is refused, as git says it: its view of the ref was out of date, or a lock
+    ("fetch first", "stale: the ref moved before the push began"),
+    ("non-fast-forward", "stale: the ref moved before the push began"),
+    ("already exists", "the ref was created before the push began"),
+    ("wogit: refusing", "the registry's rules"),
+    ("cannot lock ref", "the ref moved or was locked during the push"),
+    ("failed to update ref", "the ref moved or was locked during the push"),
+    ("atomic push failed", "another ref of the atomic push was refused"),
+    ("unable to read", "gc swept an object the pusher borrows before it was sent"),
+)
+
+
+def _reason(output: str) -> str:
+    for sign, reason in REASONS:
+        if sign in output:
+            return reason
+    return "other: " + " ".join(output.split())[-200:]
 
 
 # -- racing ------------------------------------------------------------------------------------------
@@ -234,6 +282,8 @@ class Figures:
     gc_swept: int = 0
     gc_tags_refused: int = 0  # 404: the upload was swept before the tag freshened it (allowed)
     unavailable: int = 0  # 503 answers (allowed: retry later)
+    pack_refs: int = 0  # `git pack-refs --all` run during rounds
+    seconds: Counter = field(default_factory=Counter)
     lost_updates: int = 0
     orphaned_tags: int = 0
     fsck_failures: int = 0
@@ -299,9 +349,11 @@ class Races:
             raise AssertionError(f"{method} {url}: {reply.status_code} without a JSON msg: {reply.text[:300]}")
         return reply
 
-    def upload(self, url: str, kind: str, data: bytes) -> requests.Response:
-        reply = self.request("PUT", url + ("/blobs/upload" if kind == "map" else "/configs/upload"), data=data)
+    def upload(self, url: str, kind: str, data: bytes, announce: bool = False) -> requests.Response:
+        """PUT the bytes; ``announce``: with their digest, which a stored upload answers unread."""
         header = "Wo-Map-Digest" if kind == "map" else "Wo-Config-Digest"
+        reply = self.request("PUT", url + ("/blobs/upload" if kind == "map" else "/configs/upload"), data=data,
+                             headers={header: digest(data)} if announce else {})
         if reply.status_code in (201, 409) and reply.headers.get(header) != digest(data):
             raise AssertionError(f"upload answered {reply.status_code} with {header} {reply.headers.get(header)}")
         return reply
@@ -360,7 +412,8 @@ class Races:
         if strict.returncode != 0 or problems:
             self.figures.fsck_failures += 1
             self.figures.violation(kind, round_, f"git fsck --strict: {problems[:5]}")
-        if kind == "gc" or round_ % self.args.wogit_fsck_every == 0 or round_ == self.args.rounds - 1:
+        every = self.args.wogit_fsck_every
+        if kind == "gc" or round_ % every == every - 1 or round_ == self.args.rounds - 1:
             result = subprocess.run([sys.executable, "-m", "wogit", "fsck", "--data", str(self.data), "--json"],
                                     capture_output=True, text=True, cwd=ROOT)
             if result.returncode != 0:
@@ -410,7 +463,7 @@ class Races:
                 self.figures.violation(kind, round_, f"orphaned tag {ref}: {', '.join(broken)}")
 
     def check_metadata(self, kind: str, round_: int, path: str, writes: list[Write], pushed: list[dict],
-                       known: dict[str, str], before: str | None) -> None:
+                       known: dict[str, str], before: str | None, records: list[str] = ()) -> None:
         """No lost update on ``path``'s metadata: see the module's docstring."""
         reply = self.request("GET", f"{self.url(round_)}/{path}/metadata")
         got = dict(line.split("=", 1) for line in reply.text.splitlines())
@@ -444,7 +497,11 @@ class Races:
             self.figures.violation(kind, round_, f"{ref}: history not linear: {chain[:3]}")
         messages = "\n" + git(self.data, "log", "--format=%B%x00", span).stdout.decode()
         changes = {(w.writer, w.sent) for w in writes if w.writer != "push"}
-        expected = len(changes) + len(pushed)
+        expected = len(changes) + len(pushed) + len(records)  # records: tag deletions, in the same history
+        for record in records:
+            if "\n" + record not in messages:
+                self.figures.lost_updates += 1
+                self.figures.violation(kind, round_, f"{ref}: no commit records the acknowledged {record.strip()}")
         if len(chain) != expected:
             self.figures.lost_updates += abs(len(chain) - expected)
             self.figures.violation(kind, round_, f"{ref}: {len(chain)} commits this round for {expected} changes")
@@ -505,6 +562,19 @@ class Races:
             with lock:
                 writes.extend(mine)
 
+        doomed = f"{path}/d{round_}"
+        self.put_tag(self.url(round_), doomed, self.maps[0], self.config, expect=201)
+
+        def deleter():
+            pause = self.later(0.3)
+            pause()
+            reply = self.request("DELETE", f"{self.url(round_ + 1)}/{doomed}")
+            if reply.status_code != 200 or reply.json()["tag"] != f"d{round_}":
+                raise AssertionError(f"DELETE {doomed}: {reply.status_code} {reply.text}")
+            deleted.append(doomed)
+
+        deleted: list[str] = []
+
         def push():
             for attempt in range(3):
                 items = {"pushed": f"{round_}.{attempt}", "shared": f"push.{round_}.{attempt}"}
@@ -520,11 +590,14 @@ class Races:
                     self.figures.pushes["rejected"] += 1
                     self.figures.conflicts["metadata"] += 1
 
-        results = race(*[lambda i=i: writer(i) for i in range(self.args.racers)], push)
+        results = race(*[lambda i=i: writer(i) for i in range(self.args.racers)], push, deleter)
         for r in results:
             if isinstance(r, Exception):
                 return self.figures.violation("metadata", round_, f"a writer failed: {r!r}")
-        self.check_metadata("metadata", round_, path, writes, pushed, self.meta_value, before)
+        if f"refs/wo/{doomed}" in self.refs(f"refs/wo/{doomed}"):
+            self.figures.violation("metadata", round_, f"{doomed} was deleted (200) but is there")
+        self.check_metadata("metadata", round_, path, writes, pushed, self.meta_value, before,
+                            [f"delete-tag d{round_}\n" for _ in deleted])
 
     def upload_round(self, round_: int) -> None:
         kind = "map" if round_ % 2 else "config"
@@ -578,7 +651,7 @@ class Races:
 
         def uploader(i: int):
             kind, data = ("map", maps[i]) if i % 2 else ("config", configs[i])
-            if self.upload(self.url(i), kind, data).status_code in (201, 409):
+            if self.upload(self.url(i), kind, data, announce=i % 4 < 2).status_code in (201, 409):
                 acknowledged.append((kind, data))
 
         pushed_path = f"race/gc/p{round_}"
@@ -695,10 +768,16 @@ class Races:
         kinds = self.args.kinds.split(",")
         for round_ in range(self.args.rounds):
             kind = kinds[round_ % len(kinds)]
+            started = time.monotonic()
+            packer = PackRefs(self.data) if self.args.pack_refs and round_ % 3 == 2 else None
             try:
                 rounds[kind](round_)
             except AssertionError as exc:
                 self.figures.violation(kind, round_, str(exc))
+            finally:
+                if packer is not None:
+                    self.figures.pack_refs += packer.finish()
+            self.figures.seconds[kind] += time.monotonic() - started
             self.figures.rounds[kind] += 1
             self.check_repository(kind, round_)
             if self.args.progress and (round_ + 1) % 25 == 0:
@@ -722,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one more `wogit serve --workers N` (default 2; 0: none)")
     parser.add_argument("--short", action="store_true", help="the CI version: 10 rounds, 4 racers, 2 servers")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"the kinds of round, in turn (default {','.join(KINDS)})")
+    parser.add_argument("--no-pack-refs", dest="pack_refs", action="store_false",
+                        help="no `git pack-refs --all` loop beside every third round")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", help="write the figures as JSON to this file")
     parser.add_argument("--keep", help="keep the data directory and logs in this directory (default: a temporary one)")
@@ -734,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     args.progress = not args.short
     if args.servers + (args.workers > 0) < 1 or args.racers < 2 or args.writes < 2:
         parser.error("at least one server, two racers and two writes")
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        parser.error(f"--keep {args.keep}: not empty (a run needs a fresh data directory)")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="wogit-races-"))
     work.mkdir(parents=True, exist_ok=True)
     races = Races(args, work)
@@ -750,7 +833,9 @@ def main(argv: list[str] | None = None) -> int:
         "winners": dict(f.winners), "push_wins": dict(f.push_wins), "conflicts": dict(f.conflicts),
         "requests": f.requests, "pushes": dict(f.pushes), "metadata_writes_checked": f.metadata_writes,
         "shared_key_writes": f.shared_writes, "gc_runs": f.gc_runs, "gc_swept": f.gc_swept,
-        "gc_tags_refused": f.gc_tags_refused, "unavailable_503": f.unavailable, "lost_updates": f.lost_updates,
+        "gc_tags_refused": f.gc_tags_refused, "pack_refs_runs": f.pack_refs,
+        "push_rejections": dict(races.pusher.rejections) if races.pusher else {},
+        "seconds_by_kind": {k: round(v, 1) for k, v in f.seconds.items()}, "unavailable_503": f.unavailable, "lost_updates": f.lost_updates,
         "orphaned_tags": f.orphaned_tags, "fsck_failures": f.fsck_failures, "violations": len(f.violations),
         "violation_list": f.violations[:50], "seconds": round(seconds, 1),
     }
@@ -758,10 +843,12 @@ def main(argv: list[str] | None = None) -> int:
           f" {args.racers} racers, {sum(f.rounds.values())} rounds in {seconds:.1f} s")
     for kind in KINDS:
         print(f"  {kind:9} rounds {f.rounds[kind]:4}  winners {f.winners[kind]:4} (by push {f.push_wins[kind]:3})"
-              f"  conflicts {f.conflicts[kind]:5}")
+              f"  conflicts {f.conflicts[kind]:5}  {f.seconds[kind]:6.1f} s")
     print(f"  requests {f.requests}, pushes {dict(f.pushes)}, metadata writes checked {f.metadata_writes} "
           f"({f.shared_writes} on shared keys), gc runs {f.gc_runs} (swept {f.gc_swept}, tags refused "
-          f"{f.gc_tags_refused}), 503s {f.unavailable}")
+          f"{f.gc_tags_refused}), git pack-refs runs {f.pack_refs}, 503s {f.unavailable}")
+    if races.pusher:
+        print(f"  pushes refused: {dict(races.pusher.rejections)}")
     print(f"  lost updates {f.lost_updates}, orphaned tags {f.orphaned_tags}, fsck failures {f.fsck_failures}, "
           f"violations {len(f.violations)}")
     if args.output:
