@@ -2,7 +2,8 @@
 """Races across processes: several `wogit serve` on ONE data directory, git pushes through its
 hooks, and `wogit gc`, all writing the same refs at once.
 
-    .venv/bin/python reliability/races.py [--rounds 300] [--racers 8] [--servers 3] [--workers 2]
+    .venv/bin/python reliability/races.py [--rounds 250] [--racers 8] [--servers 3] [--workers 2]
+                                          [--kinds tag,metadata,upload,gc,push] [--no-pack-refs]
                                           [--short] [--output FILE] [--keep DIR] [--seed N]
 
 It starts ``--servers`` separate `wogit serve` processes and one more with ``--workers`` worker
@@ -13,7 +14,8 @@ processes (0: none), all on one fresh data directory, and runs rounds of five ki
   racer gets 409 and the push is rejected; the ref is the winner's commit, naming its pair.
 * ``metadata``: racers write their own keys (sequentially, so the last acknowledged value is
   known), a shared key (concurrently: the final value must be one that no later write
-  followed) and a key they set then delete, while a `git push` adds commits on the same ref: every
+  followed) and a key they set then delete, while a `git push` adds commits on the same ref and a
+  DELETE of one of the map's tags records itself in the same history (one transaction): every
   acknowledged value is there at the end and in the ref's first-parent history, which is linear
   and has exactly one commit per acknowledged change. (The API has no conditional metadata write,
   so shared keys are checked by real-time order, not by increments.)
@@ -28,9 +30,12 @@ processes (0: none), all on one fresh data directory, and runs rounds of five ki
   races HTTP creations of that tag and HTTP metadata writes on that map: exactly one tag creator,
   no acknowledged write lost, an atomic push applies both refs or neither.
 
-After every round: `git fsck --strict` and `wogit fsck` (the registry's rules on every ref) are
-clean, no answer was a 5xx other than 503, and nothing the servers logged is a traceback. Exit 0
-when there was no violation; the figures go to standard output (and ``--output`` as JSON).
+Beside every third round, `git pack-refs --all` runs in a loop (as an operator may run it beside
+live servers), so refs move from loose files into packed-refs while they are read and written.
+After every round: `git fsck --strict` is clean (and `wogit fsck`, the registry's rules on every
+ref, after every gc round and every tenth), no answer was a 5xx other than 503, every error had a
+JSON ``msg``; at the end, no server logged a traceback. Exit 0 when there was no violation; the
+figures go to standard output (and ``--output`` as JSON).
 """
 
 from __future__ import annotations
@@ -442,20 +447,26 @@ class Races:
             self.figures.violation(kind, round_, f"GET {path}: {reply.status_code} {reply.headers.get('Wo-Map-Digest')}")
 
     def check_every_tag(self, kind: str, round_: int) -> None:
-        """Every tag's map and config exist, and their digests are indexed (no orphaned tag)."""
+        """Every tag's map and config exist, and their digests are indexed (no orphaned tag): one
+        git for-each-ref and one git cat-file for all of them."""
         refs = self.refs()
-        for ref, commit in refs.items():
+        out = git(self.data, "for-each-ref", "--format=%(refname)%00%(objectname)%00%(contents)%01",
+                  "refs/wo/").stdout.decode()
+        tags = {}
+        for record in out.split("\x01")[:-1]:
+            ref, commit, message = record.lstrip("\n").split("\x00", 2)
             parts = ref.split("/")
-            if len(parts) != 5 or parts[2].startswith("_"):
-                continue
-            message = git(self.data, "log", "-1", "--format=%B", commit).stdout.decode()
-            fields = dict(re.findall(r"^(map_digest|config_digest): sha256:([0-9a-f]{64})$", message, re.M))
+            if len(parts) == 5 and not parts[2].startswith("_"):
+                tags[ref] = (commit, dict(re.findall(r"^(map|config)_digest: sha256:([0-9a-f]{64})$", message, re.M)))
+        paths = [f"{commit}:{name}" for commit, _ in tags.values() for name in ("map", "config")]
+        found = git(self.data, "cat-file", "--batch-check=%(objecttype)", input="".join(p + "\n" for p in paths).encode())
+        kinds = dict(zip(paths, found.stdout.decode().splitlines()))
+        for ref, (commit, fields) in sorted(tags.items()):
             broken = []
             for name in ("map", "config"):
-                exists = git(self.data, "cat-file", "-e", f"{commit}:{name}", check=False).returncode == 0
-                index = f"refs/wo/_{name}s/sha256/{fields.get(name + '_digest')}"
-                if not exists:
-                    broken.append(f"its {name} object is missing")
+                index = f"refs/wo/_{name}s/sha256/{fields.get(name)}"
+                if kinds.get(f"{commit}:{name}") != "blob":
+                    broken.append(f"its {name} object is missing ({kinds.get(f'{commit}:{name}')})")
                 elif index not in refs:
                     broken.append(f"{index} is missing")
             if broken:
@@ -793,7 +804,7 @@ class Races:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=300, help="rounds in all, the kinds in turn (default 300)")
+    parser.add_argument("--rounds", type=int, default=250, help="rounds in all, the kinds in turn (default 250)")
     parser.add_argument("--racers", type=int, default=8, help="HTTP racers in each round (default 8)")
     parser.add_argument("--writes", type=int, default=4, help="metadata writes by each racer in a round (default 4)")
     parser.add_argument("--servers", type=int, default=3, help="separate `wogit serve` processes (default 3)")
