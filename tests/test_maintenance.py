@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,9 +11,13 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 import requests
 
 from conftest import ROOT, fsck, git, git_blob_id, index_tree_id, refs, sha256
+
+from wogit import maintenance, objects
+from wogit.store import Store, Upload
 
 HOUR = 3600
 
@@ -106,6 +111,119 @@ def test_tagging_an_old_upload_freshens_it_so_gc_keeps_it(fresh_server):
     report = json.loads(wogit("gc", "--data", str(srv.data), "--json", "--grace", "0").stdout)
     assert (report["swept"], report["kept_in_grace"]) == ([], 2)  # the least grace is a minute
     assert files[0].exists() and files[2].exists()
+
+
+PAUSED_HOOK = """#!/bin/sh
+# runs after wogit's own checks: tell the test the push is between its checks and its ref update,
+# and wait until the test says go on
+touch "$GIT_DIR/push-paused"
+while [ ! -e "$GIT_DIR/push-go-on" ]; do sleep 0.05; done
+"""
+
+
+def test_a_pushed_tag_of_old_uploads_survives_a_gc_during_the_push(fresh_server, tmp_path):
+    """races.py, gc rounds: a pushed tag naming uploads that are old and unused (so not sent by the
+    push) raced `wogit gc`, which swept their index refs and pruned their blobs while the push's
+    pre-receive ran; the push was accepted and the tag pointed at missing objects. The hook now
+    touches the blobs a pushed tag names before checking it, as the API's tag creation does."""
+    srv = fresh_server()
+    map_data, config = b"an old map, tagged by a push", b"old: yes\n"
+    m, c = srv.upload("map", map_data), srv.upload("config", config)
+    files = age(srv.data, "map", map_data, 2 * HOUR) + age(srv.data, "config", config, 2 * HOUR)
+    client = tmp_path / "client.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(client)], check=True)
+    (client / "objects" / "info" / "alternates").write_text(f"{srv.data / 'objects'}\n")  # has them, sends none
+    env = {**os.environ, "GIT_AUTHOR_NAME": "p", "GIT_AUTHOR_EMAIL": "p@example.com",
+           "GIT_COMMITTER_NAME": "p", "GIT_COMMITTER_EMAIL": "p@example.com"}
+    tree = subprocess.run(["git", "--git-dir", str(client), "mktree"], check=True, capture_output=True, text=True,
+                          input=f"100644 blob {git_blob_id(config)}\tconfig\n100644 blob {git_blob_id(map_data)}\tmap\n"
+                          ).stdout.strip()
+    commit = subprocess.run(["git", "--git-dir", str(client), "commit-tree", tree, "-m", "tag osm/pushed/v1", "-m",
+                             f"map_digest: {m}\nconfig_digest: {c}"], check=True, capture_output=True, text=True,
+                            env=env).stdout.strip()
+    hook = srv.data / "hooks" / "pre-receive.d" / "50-paused"
+    hook.write_text(PAUSED_HOOK)
+    hook.chmod(0o755)
+    push = subprocess.Popen(["git", "--git-dir", str(client), "push", "--porcelain", str(srv.data),
+                             f"{commit}:refs/wo/osm/pushed/v1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (srv.data / "push-paused").exists():
+            assert push.poll() is None and time.monotonic() < deadline, push.communicate()
+            time.sleep(0.05)
+        report = json.loads(wogit("gc", "--data", str(srv.data), "--json").stdout)
+    finally:
+        (srv.data / "push-go-on").touch()
+        out, err = push.communicate(timeout=60)
+    assert (report["swept"], report["kept_in_grace"], report["pruned_objects"]) == ([], 2, 0)
+    assert push.returncode == 0, out + err
+    assert f"*\t{commit}:refs/wo/osm/pushed/v1\t[new reference]" in out.splitlines()
+    assert all(path.exists() for path in files)
+    assert refs(srv.data) == {"refs/wo/osm/pushed/v1": commit,
+                    "refs/wo/_maps/sha256/" + m[7:]: index_tree_id("map", map_data),
+                    "refs/wo/_configs/sha256/" + c[7:]: index_tree_id("config", config)}
+    got = requests.get(srv.url + "/osm/pushed/v1")
+    assert (got.status_code, got.headers["Wo-Map-Digest"], got.headers["Wo-Config-Digest"]) == (200, m, c)
+    fsck(srv.data)
+    assert wogit("fsck", "--data", str(srv.data)).returncode == 0
+
+
+def test_a_tag_whose_upload_gc_unindexes_during_its_creation_is_created(tmp_path, monkeypatch):
+    """races.py, gc rounds: a gc that had found an upload old (before a tag's creation freshened
+    it) removed its digest index ref while the tag was being made, and the rules' check of the tag
+    then answered 500 RULE_BROKEN ("names no uploaded config"). The index ref is now put back (gc
+    would too: the blob was touched) and the tag is created. The removal is made to happen at that
+    moment: right after the tag's objects are written, as `wogit gc` does it (git update-ref -d)."""
+    store = Store(str(tmp_path / "registry.git"))
+    map_data, config = b"a map tagged while gc sweeps", b"swept: almost\n"
+    m = store.put("map", io.BytesIO(map_data), len(map_data)).digest
+    c = store.put("config", io.BytesIO(config), len(config)).digest
+    index = "refs/wo/_configs/sha256/" + c[7:]
+    install, swept = objects.install, []
+
+    def install_then_sweep(*args, **kwargs):
+        install(*args, **kwargs)
+        if not swept:
+            swept.append(git(store.path, "update-ref", "-d", index, index_tree_id("config", config)).returncode)
+
+    monkeypatch.setattr(objects, "install", install_then_sweep)
+    tag = store.create_tag("osm", "swept", "v1", m, c)
+    assert swept == [0]
+    assert (tag.map_digest, tag.config_digest, tag.map_oid, tag.config_oid) == \
+        (m, c, git_blob_id(map_data), git_blob_id(config))
+    assert refs(store.path) == {"refs/wo/osm/swept/v1": tag.commit,
+                                "refs/wo/_maps/sha256/" + m[7:]: index_tree_id("map", map_data),
+                                index: index_tree_id("config", config)}
+    fsck(store.path)
+
+
+@pytest.mark.parametrize("announced", [False, True], ids=["body", "digest-announced"])
+def test_an_upload_answered_409_while_gc_sweeps_it_stays_stored(tmp_path, monkeypatch, announced):
+    """races.py, gc rounds: an old upload uploaded again is answered 409 (stored already); a gc that
+    had found it old just before then removed its index ref, and the bytes the 409 said were stored
+    were swept. gc now indexes again what was touched after it looked, and an upload answered
+    before its body is read (the digest announced) touches the blob too. The upload is made to
+    happen at that moment: right before gc's compare-and-swap removal of the index ref."""
+    store = Store(str(tmp_path / "registry.git"))
+    data = b"an old upload, uploaded again"
+    d = store.put("map", io.BytesIO(data), len(data)).digest
+    files = age(Path(store.path), "map", data, 2 * HOUR)
+    run_git, answers = store._git, []
+
+    def upload_first(*args, **kwargs):
+        if args[:2] == ("update-ref", "-d") and not answers:
+            answers.append(store.put("map", io.BytesIO(data), len(data), expected=d if announced else None))
+        return run_git(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_git", upload_first)
+    report = maintenance.gc(store, HOUR)
+    assert answers == [Upload(d, False)]  # the API's 409
+    assert (report.swept, report.kept_in_grace, report.kept_in_use, report.pruned_objects) == ([], 0, 0, 0)
+    assert refs(store.path) == {"refs/wo/_maps/sha256/" + d[7:]: index_tree_id("map", data)}
+    assert all(path.exists() for path in files)
+    assert store.get_blob("map", d).oid == git_blob_id(data)
+    fsck(store.path)
 
 
 def test_gc_and_fsck_refuse_what_is_not_a_registry(tmp_path):

@@ -9,9 +9,10 @@ gc, safe against a tag being created meanwhile:
    loose objects were last touched longer ago than the grace period (at least a minute): uploading it touches it,
    and creating a tag touches the blobs it names *before* the tag's ref exists
    (``Store._freshen``), so an upload about to be tagged is never swept;
-3. after sweeping, the tags are read again and any swept digest a tag now uses is indexed
-   again (a tag created after step 1); ``Store.create_tag`` also re-indexes its blobs after
-   its ref exists, whichever of the two runs last;
+3. after sweeping, the tags are read again and any swept digest a tag now uses, or whose
+   objects were touched since step 2 (an upload answered 409, a tag being created, by the API
+   or a push, whose ref does not exist yet), is indexed again; ``Store.create_tag`` also
+   re-indexes its blobs after its ref exists, whichever of the two runs last;
 4. ``git prune`` then removes the objects nothing reaches any more, but never one touched
    within the grace period (nor within a minute: another writer's object between its write
    and its ref), and it checks each object's time as it removes it.
@@ -62,6 +63,7 @@ class FsckReport:
 def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
     report = GcReport()
     now = time.time()
+    grace = max(grace_seconds, MIN_PRUNE_AGE)
     used = _used(store)
     swept: dict[str, tuple[str, str]] = {}  # index ref -> (its tree, the blob)
     view = store._view()  # objects read in-process: one subprocess per ref would cost minutes
@@ -71,7 +73,7 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
             report.kept_in_use += 1
             continue
         blob = rules.indexed_blob(view, tree, name.kind)
-        if blob is None or now - _touched(store, blob, tree) < max(grace_seconds, MIN_PRUNE_AGE):
+        if blob is None or now - _touched(store, blob, tree) < grace:
             report.kept_in_grace += 1
             continue
         if dry_run:
@@ -85,17 +87,19 @@ def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
     if swept and not dry_run:
         store._changed()
         again = _used(store)
-        for ref, (tree, _) in list(swept.items()):
+        for ref, (tree, blob) in list(swept.items()):
             name = names.parse_ref(ref)
-            if (name.kind, name.digest) in again:  # tagged meanwhile: index it again (a kept tree)
-                store._create_ref(ref, store._index_tree(name.kind, swept[ref][1]))
+            # Tagged meanwhile, or touched since it was looked at (uploaded again: a 409 said it is
+            # stored; named by a tag being created, through the API or a push): index it again.
+            if (name.kind, name.digest) in again or time.time() - _touched(store, blob, tree) < grace:
+                store._create_ref(ref, store._index_tree(name.kind, blob))
                 del swept[ref]
     sizes = rules.GitView(store.path).headers([blob for _, blob in swept.values()])
     for ref, (_, blob) in sorted(swept.items()):
         name = names.parse_ref(ref)
         report.swept.append(Swept(name.kind, name.digest, sizes.get(blob, ("", 0))[1]))
     if not dry_run:
-        report.pruned_objects, report.freed_bytes = _prune(store, max(grace_seconds, MIN_PRUNE_AGE))
+        report.pruned_objects, report.freed_bytes = _prune(store, grace)
     return report
 
 

@@ -435,6 +435,18 @@ def discard(prepared: list[Prepared]) -> None:
             _unlink(p.tmp)
 
 
+def touch(objects_dir: str, oid: str) -> bool:
+    """Make a loose object look new to ``git prune`` (which removes only loose objects older than
+    its expiry, checking each one's time as it removes it); False if it has no loose file."""
+    try:
+        os.utime(os.path.join(objects_dir, oid[:2], oid[2:]))
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        pass  # another user's file: a git prune run as we are could not remove it either
+    return True
+
+
 def write_object(objects_dir: str, kind: str, data: bytes, fsync: bool = True) -> str:
     """Store one small object now; return its id."""
     prepared = prepare_object(objects_dir, kind, data)

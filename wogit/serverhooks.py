@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from wogit import errors, names, rules
+from wogit import errors, names, objects, rules
 
 MARKER = "wogit-managed-hook"
 VALIDATORS = {names.MAP: "wo-validate-map", names.CONFIG: "wo-validate-config", "tag": "wo-validate-tag"}
@@ -95,6 +95,7 @@ def pre_receive(git_dir: str, stdin: bytes) -> int:
     changes = [rules.Change(ref, old, new) for old, new, ref in
                (line.split(" ", 2) for line in stdin.decode("utf-8", "replace").splitlines() if line)]
     view = rules.GitView(git_dir)
+    _freshen_tags(git_dir, changes, view)  # before the rules look their digests up
     problems = rules.check(changes, view)
     if not problems:
         problems = _validate_pushed(git_dir, changes, view)
@@ -105,6 +106,18 @@ def pre_receive(git_dir: str, stdin: bytes) -> int:
               "see docs/git.md)", file=sys.stderr)
         return 1
     return _chain(git_dir, stdin)
+
+
+def _freshen_tags(git_dir: str, changes: list[rules.Change], view: rules.GitView) -> None:
+    """Touch the stored blobs that pushed tags name, as the API's tag creation does: a ``wogit gc``
+    running meanwhile then keeps them (and indexes them again), though this push does not carry
+    them and its tags do not exist yet (wogit.maintenance)."""
+    objects_dir = os.path.join(git_dir, "objects")
+    for change in changes:
+        if change.new != rules.ZERO and isinstance(names.parse_ref(change.ref), names.TagName) \
+                and view.kind(change.new) == "commit":
+            for entry in view.tree(view.commit(change.new).tree):
+                objects.touch(objects_dir, entry.oid)
 
 
 def _validate_pushed(git_dir: str, changes: list[rules.Change], view: rules.GitView) -> list[rules.Rejection]:

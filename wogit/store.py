@@ -213,7 +213,7 @@ class Store:
         the body is read even when the announced digest is stored.
         """
         expected_hex = names.digest_hex(expected, "announced digest") if expected is not None else None
-        if expected_hex and shortcut and self._blob_oid(kind, expected) is not None:
+        if expected_hex and shortcut and self._stored(kind, expected):
             return Upload(expected, False)
         reader = _Utf8Reader(body) if kind == names.CONFIG else body
         # The operator's validator reads a file: with one, the body is spooled to a named file first.
@@ -248,6 +248,12 @@ class Store:
                 os.unlink(spool_path)
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
+
+    def _stored(self, kind: str, digest: str) -> bool:
+        """Whether a map or config is stored, touched first as an upload of it would be (so a
+        ``wogit gc`` that swept it meanwhile indexes it again, wogit.maintenance)."""
+        oid = self._blob_oid(kind, digest)
+        return oid is not None and self._touch(oid) and self._blob_oid(kind, digest) == oid
 
     def _index_tree(self, kind: str, oid: str) -> str:
         """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
@@ -313,7 +319,7 @@ class Store:
             prepared = self._prepare("commit", objects.commit_bytes(tree.oid, [], _person(actor), _person(), message))
         objects.install(self.objects_dir, [tree, prepared], self.fsync)  # synced together
         commit = prepared.oid
-        rules.require(rules.Change(ref, rules.ZERO, str(commit)), view=self._view())
+        self._require_tag(ref, str(commit), blobs)
         serverhooks.validate(self.path, "tag", self.hook_timeout, None, WO_REPOSITORY=repository, WO_MAP=map,
                              WO_TAG=tag, WO_MAP_DIGEST=map_digest, WO_CONFIG_DIGEST=config_digest,
                              WO_USER=actor)
@@ -352,25 +358,41 @@ class Store:
 
     def _touch(self, oid: str) -> bool:
         """Make an object look new to ``git prune``; False if it is not there (any more)."""
-        try:
-            os.utime(os.path.join(self.objects_dir, oid[:2], oid[2:]))
-        except FileNotFoundError:
-            return self.repo.odb.exists(oid)  # packed: git prune removes only loose objects
-        except PermissionError:
-            pass  # another user's file: a git prune run as we are could not remove it either
-        return True
+        # packed: git prune removes only loose objects
+        return objects.touch(self.objects_dir, oid) or self.repo.odb.exists(oid)
 
-    def _keep_indexed(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
-        """After a tag is created: its blobs are still there and indexed (a gc running meanwhile
-        may have removed an index ref it thought unused; put it back).  A blob swept before
-        it was freshened undoes the tag."""
+    def _require_tag(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
+        """The rules' check of a new tag.  A gc that found its blobs old before they were freshened
+        may remove their index refs meanwhile (and put them back, wogit.maintenance): they are
+        indexed again and checked again, rather than answered as a broken rule."""
+        for attempt in range(3):
+            self._index_again(blobs)
+            try:
+                return rules.require(rules.Change(ref, rules.ZERO, commit), view=self._view())
+            except errors.WogitError:
+                if attempt == 2 or all(self.refs.get(names.blob_ref(kind, digest)) is not None
+                                       for kind, (digest, _) in blobs.items()):
+                    raise
+
+    def _index_again(self, blobs: dict[str, tuple[str, str]]) -> None:
+        """A tag's blobs are still there and indexed (a gc running meanwhile may have removed an
+        index ref it thought unused: put it back); BLOB_UNKNOWN if one was swept before it was
+        freshened."""
         for kind, (digest, oid) in blobs.items():
             if not self.repo.odb.exists(oid):
-                self._git("update-ref", "-d", ref, commit, check=False)
-                self._changed()
                 raise errors.BLOB_UNKNOWN(f"{kind}_digest {digest} was removed by wogit gc meanwhile")
             if self.refs.get(names.blob_ref(kind, digest)) is None:
                 self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid))
+
+    def _keep_indexed(self, ref: str, commit: str, blobs: dict[str, tuple[str, str]]) -> None:
+        """After a tag is created: its blobs are still there and indexed; a blob swept before it
+        was freshened undoes the tag."""
+        try:
+            self._index_again(blobs)
+        except errors.WogitError:
+            self._git("update-ref", "-d", ref, commit, check=False)
+            self._changed()
+            raise
 
     def get_tag(self, repository: str, map: str, tag: str) -> Tag:
         target = self.refs.get(names.tag_ref(repository, map, tag))
