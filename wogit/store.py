@@ -192,8 +192,8 @@ class Store:
                                          WO_DIGEST=digest, WO_USER=actor)
 
             try:
-                oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync,
-                                                    sha256=spooled_digest)
+                blob, hexdigest = objects.prepare_blob(self.objects_dir, reader, length, check, self.fsync,
+                                                       sha256=spooled_digest)
             except EOFError as exc:
                 raise errors.BODY_INCOMPLETE(f"the {kind} body ended early: {exc}") from None
         finally:
@@ -201,12 +201,18 @@ class Store:
                 spooled.close()
             if spool_path is not None:
                 os.unlink(spool_path)
+        try:
+            tree = self._prepare("tree", _index_entries(kind, blob.oid))
+        except BaseException:
+            objects.discard([blob])
+            raise
+        objects.install(self.objects_dir, [blob, tree], self.fsync)  # synced together
         digest = names.digest(hexdigest)
-        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), tree.oid))
 
     def _index_tree(self, kind: str, oid: str) -> str:
-        """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
-        return self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid)}))
+        """The digest index's tree for a blob, written now (see ``_index_entries``)."""
+        return self._kept("tree", _index_entries(kind, oid))
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -913,6 +919,11 @@ def _break_stale_lock(git_dir: str, ref: str) -> None:
         except FileExistsError:
             pass
     os.unlink(aside)
+
+
+def _index_entries(kind: str, oid: str) -> bytes:
+    """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
+    return objects.tree_bytes({kind: (rules.BLOB_MODE, oid)})
 
 
 def _person(actor: str | None = None) -> tuple[str, str, int]:
