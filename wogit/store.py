@@ -133,6 +133,7 @@ class Store:
         self.path = os.path.abspath(path)
         self.cache = cache.Cache(os.path.join(self.path, cache.DIRECTORY), cache_size)  # of downloads
         self.recent = cache.Recent(min(cache_size, 64 << 20))  # small tarballs, in memory
+        self.parsed = cache.Recent(8 << 20)  # what a tag's or a metadata commit says, by its id
         self.fsync = fsync
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
@@ -333,11 +334,14 @@ class Store:
         target = self.refs.get(names.tag_ref(repository, map, tag))
         if target is None:
             raise errors.TAG_UNKNOWN(f"tag {repository}/{map}/{tag} does not exist")
-        commit = self.repo[target]
-        fields = rules.tag_digests(commit.message)
-        return Tag(repository, map, tag, fields["map_digest"], fields["config_digest"],
-                   commit.commit_time, str(commit.id), str(commit.tree["map"].id),
-                   str(commit.tree["config"].id))
+        said = self.parsed.get("tag " + target)
+        if said is None:
+            commit = self.repo[target]
+            fields = rules.tag_digests(commit.message)
+            said = (fields["map_digest"], fields["config_digest"], commit.commit_time, str(commit.id),
+                    str(commit.tree["map"].id), str(commit.tree["config"].id))
+            self.parsed.put("tag " + target, said, 512)
+        return Tag(repository, map, tag, *said)
 
     def map_exists(self, repository: str, map: str) -> bool:
         """A map exists while it has a tag or a metadata history."""
@@ -463,20 +467,44 @@ class Store:
     def get_metadata(self, repository: str, map: str, at: int | str | None = None) -> Metadata:
         """The map's metadata now, or as it was ``at`` a time (unix seconds: after the last change
         at or before it) or a commit of its history (a full commit id)."""
-        commit = self._metadata_at(repository, map, at)
+        if at is None:
+            now = self._metadata_now(repository, map)
+            return Metadata(dict(now.items), now.version, now.commit)
+        return self._metadata_of(self._metadata_at(repository, map, at))
+
+    def get_metadata_value(self, repository: str, map: str, key: str,
+                           at: int | str | None = None) -> tuple[str, str | None]:
+        """One value and the metadata commit it was read from."""
+        if at is None:
+            now = self._metadata_now(repository, map)
+            value, commit = now.items.get(key), now.commit
+        else:
+            older = self._metadata_at(repository, map, at)
+            value = commit = None
+            if older is not None and names.is_key(key) and key in older.tree:
+                value, commit = self.repo[older.tree[key].id].data.decode("utf-8"), str(older.id)
+        if value is None or not names.is_key(key):
+            when = "" if at is None else f" at {at}" if isinstance(at, str) else f" at {_iso(at)}"
+            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
+        return value, commit
+
+    def _metadata_of(self, commit: pygit2.Commit | None) -> Metadata:
         if commit is None:
             return Metadata({}, EMPTY_TREE)
         items = {entry.name: self.repo[entry.id].data.decode("utf-8") for entry in commit.tree}
         return Metadata(items, str(commit.tree.id), str(commit.id))
 
-    def get_metadata_value(self, repository: str, map: str, key: str,
-                           at: int | str | None = None) -> tuple[str, str | None]:
-        """One value and the metadata commit it was read from."""
-        commit = self._metadata_at(repository, map, at)
-        if commit is None or not names.is_key(key) or key not in commit.tree:
-            when = "" if at is None else f" at {at}" if isinstance(at, str) else f" at {_iso(at)}"
-            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
-        return self.repo[commit.tree[key].id].data.decode("utf-8"), str(commit.id)
+    def _metadata_now(self, repository: str, map: str) -> Metadata:
+        """The newest metadata (``_metadata_head``'s), kept by its commit's id (commits never
+        change): a read of the map's ref, then none of git's objects.  Not to be changed."""
+        target = self._metadata_target(repository, map)
+        if target is None:
+            return Metadata({}, EMPTY_TREE)
+        now = self.parsed.get("metadata " + target)
+        if now is None:
+            now = self._metadata_of(self.repo[target])
+            self.parsed.put("metadata " + target, now, 256 + sum(len(k) + len(v) for k, v in now.items.items()))
+        return now
 
     def _metadata_at(self, repository: str, map: str, at: int | str | None) -> pygit2.Commit | None:
         commit = self._metadata_head(repository, map)
@@ -569,12 +597,15 @@ class Store:
 
     def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
         """The newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
+        target = self._metadata_target(repository, map)
+        return self.repo[target] if target is not None else None
+
+    def _metadata_target(self, repository: str, map: str) -> str | None:
+        """The id of the newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
         target = self.refs.get(names.metadata_ref(repository, map))
-        if target is not None:
-            return self.repo[target]
-        if not self.map_exists(repository, map):
+        if target is None and not self.map_exists(repository, map):
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
-        return None
+        return target
 
     def _change_metadata(self, repository: str, map: str, change: _MetadataChange, actor: str | None = None,
                          blobs: list[objects.Prepared] = (), sizes: dict[str, int] | None = None) -> list[str]:
