@@ -92,18 +92,10 @@ def spool(objects_dir: str, body: Reader, named: bool = False) -> Spooled:
     return Spooled(spooled, size, sha256.hexdigest(), path if named else None)
 
 
-def write_blob(
-    objects_dir: str,
-    body: Reader,
-    size: int,
-    check: Callable[[str], None] | None = None,
-    fsync: bool = True,
-    sha256: str | None = None,
-) -> tuple[str, str]:
-    """Store exactly ``size`` bytes read from ``body`` as a blob; return (oid, sha256 hex).
-
-    ``prepare_blob`` then ``install``; see there.
-    """
+def write_blob(objects_dir: str, body: Reader, size: int, check: Callable[[str], None] | None = None,
+               fsync: bool = True, sha256: str | None = None) -> tuple[str, str]:
+    """Store exactly ``size`` bytes read from ``body`` as a blob; return (oid, sha256 hex):
+    ``prepare_blob`` then ``install`` (see there)."""
     prepared, sha256 = prepare_blob(objects_dir, body, size, check, fsync, sha256)
     install(objects_dir, [prepared], fsync)
     return prepared.oid, sha256
