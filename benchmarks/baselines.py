@@ -2,14 +2,18 @@
 """The baseline servers: the least work that serves the same request, measured beside wogit.
 
     baselines.py upload --dir DIR           PUT: body -> a new file in DIR, fsync, 201 (Content-Length only)
+    baselines.py durable --dir DIR          PUT: body -> a temporary file in DIR, fsync, rename, fsync DIR, 200
     baselines.py sendfile --file FILE       GET: FILE with socket.sendfile() (its bytes as they are now)
     baselines.py hello [--threads N] [--processes P]
                                             a hello-world Bottle app on cheroot, N threads per process;
                                             P processes share the port with SO_REUSEPORT
 
 Each listens on 127.0.0.1, port 0 (or --port), and prints "serving on http://127.0.0.1:PORT".
-upload and sendfile are raw sockets, one thread per connection, keep-alive, nothing else:
-no hashing, no framework, no parsing beyond the request line and the headers they need.
+upload, durable and sendfile are raw sockets, one thread per connection, keep-alive, nothing
+else: no hashing, no framework, no parsing beyond the request line and the headers they need.
+durable is the least a small durable write can do (what a 2xx of a write promises: the bytes
+on disk under their name, atomically): a file written and synced, renamed into place, and its
+directory synced, the way git and wogit make a ref.
 """
 
 from __future__ import annotations
@@ -104,6 +108,45 @@ def upload_handler(directory: str):
     return handle
 
 
+def durable_handler(directory: str):
+    counter = iter(range(1, 1 << 62))
+    lock = threading.Lock()
+
+    def write(body: bytes) -> None:
+        with lock:
+            name = os.path.join(directory, f"write-{next(counter)}")
+        fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(name + ".tmp", name)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def handle(conn: socket.socket) -> None:
+        pending = bytearray()
+        with conn:
+            try:
+                while (head := read_head(conn, pending)) is not None:
+                    left = int(head[1].get("content-length", "0"))
+                    while len(pending) < left:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        pending += data
+                    write(bytes(pending[:left]))
+                    del pending[:left]
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n")
+            except ConnectionError:  # a load generator resets its connections when it stops
+                return
+    return handle
+
+
 def sendfile_handler(path: str):
     def handle(conn: socket.socket) -> None:
         pending = bytearray()
@@ -173,9 +216,9 @@ def hello_processes(threads: int, processes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["upload", "sendfile", "hello"])
+    parser.add_argument("kind", choices=["upload", "durable", "sendfile", "hello"])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--dir", help="upload: where the bodies go")
+    parser.add_argument("--dir", help="upload, durable: where the bodies go")
     parser.add_argument("--file", help="sendfile: the file served")
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--processes", type=int, default=1)
@@ -183,6 +226,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.kind == "upload":
         serve_forever(args.port, upload_handler(args.dir))
+    elif args.kind == "durable":
+        serve_forever(args.port, durable_handler(args.dir))
     elif args.kind == "sendfile":
         serve_forever(args.port, sendfile_handler(args.file))
     elif args.processes > 1:

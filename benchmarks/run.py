@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wogit's benchmarks: every figure next to a baseline measured in the same run, on the same file.
 
-    .venv/bin/python benchmarks/run.py --quick             # under 5 minutes: 32 MiB maps, 1 s load runs
+    .venv/bin/python benchmarks/run.py --quick             # 32 MiB maps, 1 s load runs: 4.5-6 minutes on 2 busy cores
     .venv/bin/python benchmarks/run.py                     # the issue's sizes: 1 GiB (memory also 4 GiB)
     .venv/bin/python benchmarks/run.py --only upload,requests --markdown docs/performance.md
 
@@ -48,7 +48,7 @@ DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "latest.json"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"small sizes ({QUICK_MIB} MiB maps, 1 s load runs, smaller scale): under 5 minutes")
+                        help=f"small sizes ({QUICK_MIB} MiB maps, 1 s load runs, smaller scale): 4.5-6 minutes on 2 busy cores")
     parser.add_argument("--only", type=sections, default=list(SECTIONS),
                         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--workdir", type=Path, help="where the temporary files go (default: $TMPDIR); "

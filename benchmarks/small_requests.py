@@ -3,7 +3,9 @@
 GET a metadata key, GET the tarball of a small map (4 KiB), PUT metadata (a new value each
 time), PUT a new tag (a new name each time), each against a hello-world Bottle app on cheroot
 with the same number of threads per process (the framework's ceiling), measured run by run
-beside it. Two processes: `wogit serve --workers 2` when wogit has that flag; the hello-world
+beside it. The writes are also set beside the disk's limit for a durable write (baselines.py
+durable: a file written, fsync'd, renamed, its directory fsync'd, per request; one process, a
+thread per connection): no target, it says how far the fsyncs alone allow. Two processes: `wogit serve --workers 2` when wogit has that flag; the hello-world
 app runs two processes on one port (SO_REUSEPORT). The load comes from wrk (with
 benchmarks/wrk/bench.lua) or, without wrk, from benchmarks/loadgen.py; every answer's status is
 checked, and a run with a wrong status or a socket error is a failure, left out of the figures.
@@ -41,6 +43,9 @@ def cases(digests: tuple[str, str]) -> list[tuple[str, dict]]:
 
 
 HELLO = {"BENCH_KIND": "static", "BENCH_PATH": "/hello", "BENCH_EXPECT": "200"}
+DURABLE = {"BENCH_KIND": "metadata", "BENCH_PATH": "/durable", "BENCH_EXPECT": "200"}  # PUT, a new body each time
+DURABLE_NAME = "durable write (write+fsync+rename+fsync dir)"
+WRITES = ("PUT metadata", "PUT new tag")
 
 
 def load(ctx, server, env: dict, conns: int, seconds: int) -> dict:
@@ -94,13 +99,15 @@ def connections(ctx, procs: int) -> tuple[int, ...]:
     return CONNECTIONS[-1:] if ctx.quick and procs > 1 else CONNECTIONS
 
 
-def measure(ctx, process_counts: tuple[int, ...], threads: int) -> tuple[dict, dict]:
-    """{(procs, conns, case): [runs]} for wogit and {(procs, conns): [runs]} for hello-world.
+def measure(ctx, process_counts: tuple[int, ...], threads: int) -> tuple[dict, dict, dict]:
+    """{(procs, conns, case): [runs]} for wogit, {(procs, conns): [runs]} for hello-world and
+    {conns: [runs]} for the durable-write baseline.
 
     Every server runs from the start: within one run every process count takes its turn, so
     "2 processes vs 1" compares runs made seconds apart, like every other ratio.
     """
     servers, hellos, kinds = {}, {}, {}
+    durable = ctx.baseline("durable", "--dir", str(ctx.tempdir("durable-writes")), name="durable")
     try:
         for procs in process_counts:
             servers[procs] = ctx.wogit(*(["--workers", str(procs)] if procs > 1 else []), name=f"requests-{procs}p")
@@ -109,22 +116,24 @@ def measure(ctx, process_counts: tuple[int, ...], threads: int) -> tuple[dict, d
             kinds[procs] = cases(prepare(servers[procs]))
             load(ctx, hellos[procs], HELLO, 8, 1)  # warm-up, not counted
             load(ctx, servers[procs], kinds[procs][0][1], 8, 1)
-        wogit, baseline = {}, {}
+        wogit, baseline, writes = {}, {}, {}
         for conns in CONNECTIONS:
             counts = [procs for procs in process_counts if conns in connections(ctx, procs)]
             ctx.log(f"requests, {conns} connections, {'/'.join(map(str, counts))} process(es): {ctx.runs} x "
-                    f"{len(counts)} x ({1 + len(kinds[1])} x {ctx.duration} s), {ctx.load}")
+                    f"{len(counts)} x ({1 + len(kinds[1])} x {ctx.duration} s), {ctx.load}, and the durable-write baseline")
             for n in range(ctx.runs):
                 for procs in counts:
                     baseline.setdefault((procs, conns), []).append(load(ctx, hellos[procs], HELLO, conns, ctx.duration))
+                    if procs == 1:
+                        writes.setdefault(conns, []).append(load(ctx, durable, DURABLE, conns, ctx.duration))
                     for name, env in kinds[procs]:
                         if env["BENCH_KIND"] == "tag":
                             env = {**env, "BENCH_PATH": f"{env['BENCH_PATH']}{procs}p{conns}c{n}-"}
                         wogit.setdefault((procs, conns, name), []).append(
                             load(ctx, servers[procs], env, conns, ctx.duration))
-        return wogit, baseline
+        return wogit, baseline, writes
     finally:
-        for proc in [*servers.values(), *hellos.values()]:
+        for proc in [*servers.values(), *hellos.values(), durable]:
             proc.stop()
 
 
@@ -163,6 +172,20 @@ def rows_for(procs: int, threads: int, wogit: dict, baseline: dict, load_name: s
     return rows
 
 
+def durable_rows(wogit: dict, writes: dict) -> list[dict]:
+    """The writes of one process beside the durable-write baseline, run by run (no target)."""
+    rows = []
+    for (procs, conns, case), runs in wogit.items():
+        if procs != 1 or case not in WRITES:
+            continue
+        failed = failures(runs, writes[conns])
+        w, b = clean_pairs(runs, writes[conns], "rps")
+        p50 = clean_pairs(runs, writes[conns], "p50")[1]
+        rows.append(row(SECTION, f"{case}, {conns} conns, 1 proc", "req/s", w, DURABLE_NAME, b, paired_ratio(w, b),
+                        note=failed or (f"the fsyncs' limit; its p50 {statistics.median(p50):.2f} ms" if p50 else "")))
+    return rows
+
+
 def scaling_rows(wogit: dict, baseline: dict) -> list[dict]:
     """2 processes over 1, run by run, for what both measured."""
     rows = []
@@ -185,8 +208,8 @@ def run(ctx) -> list[dict]:
     threads = default_threads(ctx)
     load_name = "wrk" if ctx.load == "wrk" else "Python load generator (no wrk)"
     workers = "--workers" in server_flags(ctx)
-    wogit, baseline = measure(ctx, (1, 2) if workers else (1,), threads)
-    rows = rows_for(1, threads, wogit, baseline, load_name)
+    wogit, baseline, writes = measure(ctx, (1, 2) if workers else (1,), threads)
+    rows = rows_for(1, threads, wogit, baseline, load_name) + durable_rows(wogit, writes)
     if not workers:
         return rows + [row(SECTION, "2 processes", "req/s", [], target=">= 1.6x",
                            note="not measured: `wogit serve --help` lists no --workers")]

@@ -210,30 +210,34 @@ def _remove_if_same(path: str, info: os.stat_result) -> None:
 
 
 class Recent:
-    """Small bodies (under ``MIN_SIZE``: a small map's tarball) kept in memory, at most ``bound``
-    bytes, least recently used dropped first; ``bound`` 0 keeps none.  Building one costs far
-    more than the request around it, and a file each would be millions of small files."""
+    """Small values (under ``MIN_SIZE`` bytes: a small map's tarball, what a commit says) kept in
+    memory, at most ``bound`` bytes, least recently used dropped first; ``bound`` 0 keeps none.
+    Building one costs far more than the request around it, and a file each would be millions
+    of small files."""
 
     def __init__(self, bound: int):
         self.bound = bound
         self.size = 0
-        self._entries: dict[str, bytes] = {}  # in order of use, the most recent last
+        self._entries: dict[str, tuple[object, int]] = {}  # in order of use, the most recent last
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str):
         with self._lock:
-            data = self._entries.pop(key, None)
-            if data is not None:
-                self._entries[key] = data
-            return data
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return None
+            self._entries[key] = entry
+            return entry[0]
 
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) >= MIN_SIZE or len(data) > self.bound:
+    def put(self, key: str, data, size: int | None = None) -> None:
+        """Keep ``data``: bytes, or anything else of about ``size`` bytes (never changed after)."""
+        size = len(data) if size is None else size
+        if size >= MIN_SIZE or size > self.bound:
             return
         with self._lock:
             if key in self._entries:
                 return
-            self._entries[key] = data
-            self.size += len(data)
+            self._entries[key] = (data, size)
+            self.size += size
             while self.size > self.bound:
-                self.size -= len(self._entries.pop(next(iter(self._entries))))
+                self.size -= self._entries.pop(next(iter(self._entries)))[1]

@@ -25,7 +25,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol
 
@@ -92,34 +92,42 @@ def spool(objects_dir: str, body: Reader, named: bool = False) -> Spooled:
     return Spooled(spooled, size, sha256.hexdigest(), path if named else None)
 
 
-def write_blob(
+def write_blob(objects_dir: str, body: Reader, size: int, check: Callable[[str], None] | None = None,
+               fsync: bool = True, sha256: str | None = None) -> tuple[str, str]:
+    """Store exactly ``size`` bytes read from ``body`` as a blob; return (oid, sha256 hex):
+    ``prepare_blob`` then ``install`` (see there)."""
+    prepared, sha256 = prepare_blob(objects_dir, body, size, check, fsync, sha256)
+    install(objects_dir, [prepared], fsync)
+    return prepared.oid, sha256
+
+
+def prepare_blob(
     objects_dir: str,
     body: Reader,
     size: int,
     check: Callable[[str], None] | None = None,
-    fsync: bool = True,
+    writeback: bool = True,
     sha256: str | None = None,
-) -> tuple[str, str]:
-    """Store exactly ``size`` bytes read from ``body`` as a blob; return (oid, sha256 hex).
+) -> tuple[Prepared, str]:
+    """Write exactly ``size`` bytes read from ``body`` as a blob's temporary file, not yet synced
+    nor visible (``install`` does both, side by side with other objects); return it and the
+    body's sha256 (hex).
 
     ``sha256`` is the body's digest when it was computed already, as it was spooled: it
-    is not computed again.  ``check(sha256_hex)`` may raise to refuse the content before
-    it becomes visible; nothing is left behind on any error.  A short body raises
-    ``EOFError``.
+    is not computed again.  ``check(sha256_hex)`` may raise to refuse the content; nothing
+    is left behind on any error.  A short body raises ``EOFError``.  ``writeback`` pushes the
+    file to the disk as it is written (when it will be synced: the sync then has little left).
     """
     fd, tmp = _temp(objects_dir, "tmp_obj_")
     try:
         try:
-            writer = _ObjectWriter(fd, size, sha256, writeback=fsync)
+            writer = _ObjectWriter(fd, size, sha256, writeback=writeback)
             oid, sha256 = writer.write(body)
             if check is not None:
                 check(sha256)
-            if fsync:
-                os.fsync(fd)
         finally:
             os.close(fd)
-        _install(objects_dir, tmp, oid, fsync)
-        return oid, sha256
+        return Prepared(oid, tmp), sha256
     except BaseException:
         _unlink(tmp)
         raise
@@ -158,7 +166,7 @@ class _ObjectWriter:
     def _buffer(self, view: memoryview, final: bool) -> list[Future]:
         stages = self.stages
         if self.level is None:
-            self.level = compression_level(view[:_PROBE])
+            self.level = _level(view[:_PROBE])
         futures = [stages.hash.submit(self.sha1.update, view)]
         if self.sha256_hash is not None:
             futures.append(stages.hash2.submit(self.sha256_hash.update, view))
@@ -270,13 +278,15 @@ class _Stages:
     """The stages of a write: each a worker thread running its tasks in order (hashlib, zlib
     and os.writev release the GIL on big buffers, so they run side by side and alongside the
     receiving), over a ring of buffers the body is read into.  A body that fits in one
-    buffer is processed in the caller's thread."""
+    buffer is processed in the caller's thread.  The threads outlive the write (``_lanes``):
+    starting five threads per upload cost milliseconds on a busy machine."""
 
     def __init__(self, deflate: bool = False):
-        self.deflate_workers = max(1, min(_DEPTH, os.cpu_count() or 1)) if deflate else 0
+        self.deflating = deflate
         self.hash = self.hash2 = self.out = self.deflate = _Inline
-        self._executors: list[ThreadPoolExecutor] = []
+        self._lanes: list[ThreadPoolExecutor] = []
         self._ring: deque[tuple[bytearray, list[Future]]] = deque()  # buffers in use, oldest first
+        self._buffers: list[bytearray] = []  # every buffer of the ring
 
     def run(self, body: Reader, size: int | None, process: Callable[[memoryview, bool], list[Future]]) -> int:
         """Read ``size`` bytes of the body (to its end if None) buffer by buffer, and for each
@@ -293,7 +303,7 @@ class _Stages:
                 break
             done += n
             final = n < want if size is None else done == size
-            if not final and not self._executors:
+            if not final and not self._lanes:
                 self._start()
             self._ring.append((view.obj, process(view[:n], final)))
             if final:
@@ -304,7 +314,9 @@ class _Stages:
 
     def _buffer(self, size: int) -> bytearray:
         if len(self._ring) < _DEPTH:
-            return bytearray(size)
+            buffer = _lanes.buffer(size)
+            self._buffers.append(buffer)
+            return buffer
         return self._wait_oldest()
 
     def _wait_oldest(self) -> bytearray:
@@ -314,20 +326,84 @@ class _Stages:
         return buffer
 
     def _start(self) -> None:
-        # Threads start at their executor's first task: unused stages cost nothing.
-        self.hash, self.hash2, self.out = (ThreadPoolExecutor(1, f"wogit-{name}") for name in ("sha1", "sha256", "out"))
-        self._executors = [self.hash, self.hash2, self.out]
-        if self.deflate_workers:
-            self.deflate = ThreadPoolExecutor(self.deflate_workers, "wogit-deflate")
-            self._executors.insert(0, self.deflate)
+        self._lanes = _lanes.take(3)
+        self.hash, self.hash2, self.out = self._lanes
+        if self.deflating:
+            self.deflate = _lanes.deflate()
 
     def __enter__(self) -> _Stages:
         return self
 
     def __exit__(self, kind, exc, traceback) -> None:
-        # Tasks still running use the buffers and the file: they end before either goes.
-        for executor in self._executors:
-            executor.shutdown(wait=True, cancel_futures=True)
+        # Tasks still running use the buffers and the file: they end before either goes (a lane
+        # runs its tasks in order: once a last, empty one has run, the others have ended).
+        for _, futures in self._ring:
+            for future in futures:
+                future.cancel()
+        for barrier in [lane.submit(int) for lane in self._lanes]:
+            barrier.result()
+        for _, futures in self._ring:
+            wait(futures)  # a deflate task (the shared pool) not cancelled in time
+        self._ring.clear()
+        _lanes.give(self._lanes, self._buffers)
+        self._lanes, self._buffers = [], []
+
+
+class _Lanes:
+    """Threads and buffers kept for the writes: idle lanes (one thread each, running its tasks in
+    order), one pool shared by every write's deflate tasks (as many threads as cores), and the
+    buffers of one ring (a new one is zeroed page by page: a few ms on a busy machine).  Made
+    again in a process forked from the one that made them (their threads did not follow)."""
+
+    KEPT = 24  # idle lanes kept: 8 writes at once
+    KEPT_BUFFERS = _DEPTH  # idle buffers kept: one write's (16 MiB)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: list[ThreadPoolExecutor] = []
+        self._deflate: ThreadPoolExecutor | None = None
+        self._buffers: list[bytearray] = []
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():
+            self._pid, self._idle, self._deflate, self._buffers = os.getpid(), [], None, []
+
+    def buffer(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: a kept one if it is a whole buffer of the ring (its old bytes
+        are read into before any is used)."""
+        if size == _BUFFER:
+            with self._lock:
+                self._forked()
+                if self._buffers:
+                    return self._buffers.pop()
+        return bytearray(size)
+
+    def take(self, count: int) -> list[ThreadPoolExecutor]:
+        with self._lock:
+            self._forked()
+            taken = [self._idle.pop() for _ in range(min(count, len(self._idle)))]
+        return taken + [ThreadPoolExecutor(1, "wogit-lane") for _ in range(count - len(taken))]
+
+    def give(self, lanes: list[ThreadPoolExecutor], buffers: list[bytearray]) -> None:
+        with self._lock:
+            self._forked()
+            keep = max(0, min(len(lanes), self.KEPT - len(self._idle)))
+            self._idle += lanes[:keep]
+            whole = [buffer for buffer in buffers if len(buffer) == _BUFFER]
+            self._buffers += whole[:max(0, self.KEPT_BUFFERS - len(self._buffers))]
+        for lane in lanes[keep:]:
+            lane.shutdown(wait=False)
+
+    def deflate(self) -> ThreadPoolExecutor:
+        with self._lock:
+            self._forked()
+            if self._deflate is None:
+                self._deflate = ThreadPoolExecutor(max(1, min(_DEPTH, os.cpu_count() or 1)), "wogit-deflate")
+            return self._deflate
+
+
+_lanes = _Lanes()
 
 
 def _fill(body: Reader, view: memoryview) -> int:
@@ -347,23 +423,19 @@ def _fill(body: Reader, view: memoryview) -> int:
     return got
 
 
+def _level(sample: memoryview) -> int:
+    """``compression_level``'s choice, by ISA-L's level 1 (some 4x faster than zlib's: the probe
+    runs before the first buffer goes down the pipeline)."""
+    if not sample:
+        return 1
+    return 1 if len(isal_zlib.compress(sample, 1, -15)) < 0.9 * len(sample) else 0
+
+
 def compression_level(sample: bytes) -> int:
     """zlib level 1 if ``sample`` compresses to under 90% at level 1, else 0 (stored)."""
     if not sample:
         return 1
     return 1 if len(zlib.compress(sample, 1)) < 0.9 * len(sample) else 0
-
-
-def _install(objects_dir: str, tmp: str, oid: str, fsync: bool) -> None:
-    fan = os.path.join(objects_dir, oid[:2])
-    if not os.path.isdir(fan):
-        os.makedirs(fan, exist_ok=True)
-        if fsync:
-            fsync_dir(objects_dir)
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, os.path.join(fan, oid[2:]))
-    if fsync:
-        fsync_dir(fan)
 
 
 def _unlink(path: str) -> None:
@@ -380,7 +452,7 @@ TREE_MODE = 0o40000
 
 @dataclass(frozen=True)
 class Prepared:
-    """A small object ready to be installed: its id, and its temporary file (None if it is stored)."""
+    """An object ready to be installed: its id, and its temporary file (None if it is stored)."""
     oid: str
     tmp: str | None
 

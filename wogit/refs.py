@@ -276,11 +276,16 @@ class Refs:
 
     def loose(self, name: str) -> str | None:
         """The object the loose file of ``name`` holds; None without one (a directory is none)."""
-        try:
-            with open(os.path.join(self.git_dir, name), "rb") as file:
-                content = file.read(256)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        try:  # os's calls, not open(): a ref is read on almost every request
+            fd = os.open(os.path.join(self.git_dir, name), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            content = os.read(fd, 256)
+        except IsADirectoryError:
+            return None
+        finally:
+            os.close(fd)
         text = content.decode("latin-1").rstrip()
         if _OID.fullmatch(text) is None:
             raise RefError(f"{name}: not an object id: {content[:80]!r}")

@@ -24,6 +24,7 @@ from cheroot import wsgi
 
 CHUNK = 1 << 20  # the largest piece read into memory at a time
 _SENDFILE_MAX = 1 << 30  # the largest count handed to one sendfile call
+SMALL = 64 << 10  # a body of at most this many bytes is written as any other (Gateway._may_send)
 
 
 class Span(NamedTuple):
@@ -232,6 +233,9 @@ class Gateway(wsgi.Gateway_10):
 
     def _may_send(self, body: Body) -> bool:
         """Whether the body may go to the socket itself: its length is the Content-Length (or
-        neither is known), and there is a body (not a HEAD)."""
+        neither is known), there is a body (not a HEAD), and it is not small (a small one, such
+        as a small map's tarball, goes through cheroot's writer like any other answer: making
+        the socket blocking with a send timeout, and back, cost more than writing it)."""
         return (self.remaining_bytes_out == body.length and self.req.method != b"HEAD"
+                and (body.length is None or body.length > SMALL)
                 and isinstance(self.req.conn.socket, socket.socket))

@@ -177,6 +177,7 @@ class Store:
         self.path = os.path.abspath(path)
         self.cache = cache.Cache(os.path.join(self.path, cache.DIRECTORY), cache_size)  # of downloads
         self.recent = cache.Recent(min(cache_size, 64 << 20))  # small tarballs, in memory
+        self.parsed = cache.Recent(8 << 20)  # what a tag's or a metadata commit says, by its id
         self.fsync = fsync
         self.retry_seconds = retry_seconds
         self.hook_timeout = hook_timeout
@@ -237,8 +238,8 @@ class Store:
                                          WO_DIGEST=digest, WO_USER=actor)
 
             try:
-                oid, hexdigest = objects.write_blob(self.objects_dir, reader, length, check, self.fsync,
-                                                    sha256=spooled_digest)
+                blob, hexdigest = objects.prepare_blob(self.objects_dir, reader, length, check, self.fsync,
+                                                       sha256=spooled_digest)
             except EOFError as exc:
                 raise errors.BODY_INCOMPLETE(f"the {kind} body ended early: {exc}") from None
         finally:
@@ -246,8 +247,14 @@ class Store:
                 spooled.close()
             if spool_path is not None:
                 os.unlink(spool_path)
+        try:
+            tree = self._prepare("tree", _index_entries(kind, blob.oid))
+        except BaseException:
+            objects.discard([blob])
+            raise
+        objects.install(self.objects_dir, [blob, tree], self.fsync)  # synced together
         digest = names.digest(hexdigest)
-        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), self._index_tree(kind, oid)))
+        return Upload(digest, self._create_ref(names.blob_ref(kind, digest), tree.oid))
 
     def _stored(self, kind: str, digest: str) -> bool:
         """Whether a map or config is stored, touched first as an upload of it would be (so a
@@ -256,8 +263,8 @@ class Store:
         return oid is not None and self._touch(oid) and self._blob_oid(kind, digest) == oid
 
     def _index_tree(self, kind: str, oid: str) -> str:
-        """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
-        return self._kept("tree", objects.tree_bytes({kind: (rules.BLOB_MODE, oid)}))
+        """The digest index's tree for a blob, written now (see ``_index_entries``)."""
+        return self._kept("tree", _index_entries(kind, oid))
 
     def _blob_oid(self, kind: str, digest: str) -> str | None:
         """The git id of a stored map or config, None if unknown or its object is missing."""
@@ -398,11 +405,14 @@ class Store:
         target = self.refs.get(names.tag_ref(repository, map, tag))
         if target is None:
             raise errors.TAG_UNKNOWN(f"tag {repository}/{map}/{tag} does not exist")
-        commit = self.repo[target]
-        fields = rules.tag_digests(commit.message)
-        return Tag(repository, map, tag, fields["map_digest"], fields["config_digest"],
-                   commit.commit_time, str(commit.id), str(commit.tree["map"].id),
-                   str(commit.tree["config"].id))
+        said = self.parsed.get("tag " + target)
+        if said is None:
+            commit = self.repo[target]
+            fields = rules.tag_digests(commit.message)
+            said = (fields["map_digest"], fields["config_digest"], commit.commit_time, str(commit.id),
+                    str(commit.tree["map"].id), str(commit.tree["config"].id))
+            self.parsed.put("tag " + target, said, 512)
+        return Tag(repository, map, tag, *said)
 
     def map_exists(self, repository: str, map: str) -> bool:
         """A map exists while it has a tag or a metadata history."""
@@ -529,20 +539,44 @@ class Store:
     def get_metadata(self, repository: str, map: str, at: int | str | None = None) -> Metadata:
         """The map's metadata now, or as it was ``at`` a time (unix seconds: after the last change
         at or before it) or a commit of its history (a full commit id)."""
-        commit = self._metadata_at(repository, map, at)
+        if at is None:
+            now = self._metadata_now(repository, map)
+            return Metadata(dict(now.items), now.version, now.commit)
+        return self._metadata_of(self._metadata_at(repository, map, at))
+
+    def get_metadata_value(self, repository: str, map: str, key: str,
+                           at: int | str | None = None) -> tuple[str, str | None]:
+        """One value and the metadata commit it was read from."""
+        if at is None:
+            now = self._metadata_now(repository, map)
+            value, commit = now.items.get(key), now.commit
+        else:
+            older = self._metadata_at(repository, map, at)
+            value = commit = None
+            if older is not None and names.is_key(key) and key in older.tree:
+                value, commit = self.repo[older.tree[key].id].data.decode("utf-8"), str(older.id)
+        if value is None or not names.is_key(key):
+            when = "" if at is None else f" at {at}" if isinstance(at, str) else f" at {_iso(at)}"
+            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
+        return value, commit
+
+    def _metadata_of(self, commit: pygit2.Commit | None) -> Metadata:
         if commit is None:
             return Metadata({}, EMPTY_TREE)
         items = {entry.name: self.repo[entry.id].data.decode("utf-8") for entry in commit.tree}
         return Metadata(items, str(commit.tree.id), str(commit.id))
 
-    def get_metadata_value(self, repository: str, map: str, key: str,
-                           at: int | str | None = None) -> tuple[str, str | None]:
-        """One value and the metadata commit it was read from."""
-        commit = self._metadata_at(repository, map, at)
-        if commit is None or not names.is_key(key) or key not in commit.tree:
-            when = "" if at is None else f" at {at}" if isinstance(at, str) else f" at {_iso(at)}"
-            raise errors.KEY_UNKNOWN(f"map {repository}/{map} has no metadata key {key!r}{when}")
-        return self.repo[commit.tree[key].id].data.decode("utf-8"), str(commit.id)
+    def _metadata_now(self, repository: str, map: str) -> Metadata:
+        """The newest metadata (``_metadata_head``'s), kept by its commit's id (commits never
+        change): a read of the map's ref, then none of git's objects.  Not to be changed."""
+        target = self._metadata_target(repository, map)
+        if target is None:
+            return Metadata({}, EMPTY_TREE)
+        now = self.parsed.get("metadata " + target)
+        if now is None:
+            now = self._metadata_of(self.repo[target])
+            self.parsed.put("metadata " + target, now, 256 + sum(len(k) + len(v) for k, v in now.items.items()))
+        return now
 
     def _metadata_at(self, repository: str, map: str, at: int | str | None) -> pygit2.Commit | None:
         commit = self._metadata_head(repository, map)
@@ -640,12 +674,15 @@ class Store:
 
     def _metadata_head(self, repository: str, map: str) -> pygit2.Commit | None:
         """The newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
+        target = self._metadata_target(repository, map)
+        return self.repo[target] if target is not None else None
+
+    def _metadata_target(self, repository: str, map: str) -> str | None:
+        """The id of the newest metadata commit of a map (None if it has none); MAP_UNKNOWN if no map."""
         target = self.refs.get(names.metadata_ref(repository, map))
-        if target is not None:
-            return self.repo[target]
-        if not self.map_exists(repository, map):
+        if target is None and not self.map_exists(repository, map):
             raise errors.MAP_UNKNOWN(f"map {repository}/{map} does not exist (it has no tag)")
-        return None
+        return target
 
     def _change_metadata(self, repository: str, map: str, change: _MetadataChange, actor: str | None = None,
                          blobs: list[objects.Prepared] = (), sizes: dict[str, int] | None = None) -> list[str]:
@@ -987,6 +1024,11 @@ def _count_packed(packed: refs.Packed) -> dict[str, int]:
 
 
 _LOCK_EXISTS = re.compile(r"Unable to create '(.+)\.lock': File exists")
+
+
+def _index_entries(kind: str, oid: str) -> bytes:
+    """The digest index's tree for a blob: one entry, named after the kind (docs/layout.md)."""
+    return objects.tree_bytes({kind: (rules.BLOB_MODE, oid)})
 
 
 def _person(actor: str | None = None) -> tuple[str, str, int]:
