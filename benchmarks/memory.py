@@ -15,7 +15,6 @@ the disk. Target: under 64 MiB for every transfer, and the same at 4 GiB as at 1
 from __future__ import annotations
 
 import hashlib
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -26,7 +25,7 @@ SECTION = "memory"
 PHASES = ("upload", "upload chunked", "tarball", "tarball again", "blob")  # as the other sections name them
 OWN_PHASES = ("upload", "tarball", "blob")
 LIMIT_MIB = 64
-SAME_MIB = 16  # "the same at both sizes": the medians within this
+SAME_MIB = 16  # "the same at both sizes": the worst growths within this
 
 
 def streamed(ctx, url: str, tarball: bool) -> tuple[dict[str, str], dict[str, str]]:
@@ -121,10 +120,13 @@ def run(ctx) -> list[dict]:
             a, b = ctx.memory.get((kind, phase, small)), ctx.memory.get((kind, phase, big))
             if not a or not b:
                 continue
-            difference = statistics.median(b) - statistics.median(a)
+            # The worst against the worst: the first upload on a fresh server also allocates the
+            # upload pipeline's buffers (16 MiB, then reused), and the sizes are measured on
+            # different numbers of fresh servers (the 1 GiB figures come from the upload section).
+            difference = max(b) - max(a)
             rows.append(row(SECTION, f"{kind} {phase}, {big // MiB} vs {small // MiB} MiB", "MiB", [difference],
                             target=f"< {SAME_MIB} MiB apart", met=abs(difference) < SAME_MIB,
-                            note="median growth at the big size minus at the small one"))
+                            note="worst growth at the big size minus the worst at the small one"))
     return rows
 
 

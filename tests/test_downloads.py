@@ -370,10 +370,17 @@ def test_metrics_and_the_access_log_count_the_bytes_sendfile_sent(fresh_server):
     answers = [requests.get(srv.url + "/r/m/v1"), requests.get(f"{srv.url}/blobs/{m}"),
                requests.get(f"{srv.url}/blobs/{m}", headers={"Range": "bytes=100-70099"})]
     assert [len(a.content) for a in answers] == [len(first.content), len(data), 70000]
+    expected = {(TAG_ROUTE, "GET"): 2 * len(first.content), (BLOB_ROUTE, "GET"): len(data) + 70000}
+    # The server counts a response's bytes once it has sent the last of them, which may be
+    # just after the client has read them: scrape until the counts are in (or 10 s passed).
+    deadline = time.monotonic() + 10
     with requests.Session() as session:
-        sent = samples(scrape(session, srv.url), "wogit_http_response_body_bytes_total")
-    assert sent[(TAG_ROUTE, "GET")] == 2 * len(first.content)
-    assert sent[(BLOB_ROUTE, "GET")] == len(data) + 70000
+        while True:
+            sent = samples(scrape(session, srv.url), "wogit_http_response_body_bytes_total")
+            if {key: sent.get(key) for key in expected} == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert {key: sent.get(key) for key in expected} == expected
     srv.stop()
     log = srv.log_text()
     for answer in answers:
