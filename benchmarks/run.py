@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wogit's benchmarks: every figure next to a baseline measured in the same run, on the same file.
 
-    .venv/bin/python benchmarks/run.py --quick             # 32 MiB maps, 1 s load runs: 4.5-6 minutes on 2 busy cores
+    .venv/bin/python benchmarks/run.py --quick             # 32 MiB maps, 1 s load runs: under 3 minutes on 2 quiet cores, 6 on busy ones
     .venv/bin/python benchmarks/run.py                     # the issue's sizes: 1 GiB (memory also 4 GiB)
     .venv/bin/python benchmarks/run.py --only upload,requests --markdown docs/performance.md
 
