@@ -39,6 +39,16 @@ def index_tree_id(kind: str, data: bytes) -> str:
     return hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
 
 
+def run_harness(name: str, output, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``reliability/<name>.py --short --output OUTPUT *args`` from the checkout's top:
+    the finished process and the figures it wrote (the harness's own JSON)."""
+    import json
+    run = subprocess.run([sys.executable, f"reliability/{name}.py", "--short", "--output", str(output), *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert output.exists(), run.stdout[-3000:] + run.stderr[-3000:]
+    return run, json.loads(output.read_text())
+
+
 def git(git_dir, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "--git-dir", str(git_dir), *args], capture_output=True, text=True, check=check)
 

@@ -3,20 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import run_harness
 
 
 def test_crash_short_run_has_no_violation(tmp_path):
     output = tmp_path / "crash.json"
-    run = subprocess.run([sys.executable, "reliability/crash.py", "--short", "--seed", "3", "--output", str(output),
-                          "--keep", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    figures = json.loads(output.read_text())
+    run, figures = run_harness("crash", output, "--seed", "3", "--keep", str(tmp_path / "work"), timeout=120)
     assert (run.returncode, figures["violations"], figures["violation_list"]) == (0, 0, []), run.stdout[-3000:]
     assert (figures["kills"], figures["restarts"]) == (5, 5)
     # the kinds of kill are drawn from the seed: for seed 3, one mid-upload, one mid-tarball, three in flight

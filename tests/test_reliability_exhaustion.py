@@ -3,19 +3,13 @@ downloads being cached, wogit gc) and a flood of uploads, with no violation."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_harness
 
 
 def test_the_short_exhaustion_harness_finds_no_violation(tmp_path):
     output = tmp_path / "figures.json"
-    run = subprocess.run([sys.executable, "reliability/exhaustion.py", "--short", "--output", str(output)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run, figures = run_harness("exhaustion", output, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    figures = json.loads(output.read_text())
     assert figures["violations"] == []
     assert figures["mode"] in ("tmpfs", "rlimit"), "a Linux machine has one way to fill a disk at least"
     # Every kind of exhaustion was met: refused writes, refused uploads, downloads and gc on a full disk.

@@ -5,19 +5,13 @@ own command (docs/reliability.md)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_harness
 
 
 def test_the_short_fuzz_run_finds_nothing(tmp_path):
     output = tmp_path / "fuzz.json"
-    run = subprocess.run([sys.executable, str(ROOT / "reliability" / "fuzz.py"), "--short", "--output", str(output),
-                          "--workdir", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run, result = run_harness("fuzz", output, "--workdir", str(tmp_path / "work"))
     assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(output.read_text())
     assert (result["total_failures"], result["failures"], result["errors"], result["server_problems"]) == (0, [], [], [])
     assert result["requests"] >= 500
     assert result["operations_covered"] == result["operations_documented"] == 45

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_harness
 
 #: names 54 + queries 2 + metadata, JSON, headers 3; framing 59; writes 7, git 3; field cases 21; slow clients 5.
 CASES = 154
@@ -14,9 +10,7 @@ CASES = 154
 
 def test_hostile_short_has_no_violation(tmp_path):
     output = tmp_path / "hostile.json"
-    result = subprocess.run([sys.executable, "reliability/hostile.py", "--short", "--output", str(output)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    figures = json.loads(output.read_text())
+    result, figures = run_harness("hostile", output, timeout=120)
     assert figures["violation_list"] == [], result.stdout
     assert (result.returncode, figures["cases"], figures["passed"], figures["violations"]) == (0, CASES, CASES, 0)
     # Every slow head (3 per worker thread) was closed by the server, some with a 408 first; no other answer.

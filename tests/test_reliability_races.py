@@ -4,21 +4,15 @@ included, with no violation and exactly one winner in each round that has one.""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_harness
 
 RACERS = 4  # --short
 
 
 def test_races_short(tmp_path):
     output = tmp_path / "races.json"
-    run = subprocess.run([sys.executable, str(ROOT / "reliability" / "races.py"), "--short", "--output", str(output),
-                          "--keep", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run, figures = run_harness("races", output, "--keep", str(tmp_path / "work"))
     assert run.returncode == 0, run.stdout + run.stderr
-    figures = json.loads(output.read_text())
     assert figures["violation_list"] == []
     assert (figures["violations"], figures["lost_updates"], figures["orphaned_tags"], figures["fsck_failures"]) == \
         (0, 0, 0, 0)
