@@ -353,3 +353,25 @@ def test_catalog_of_packed_and_loose_repositories(fresh_server):
     assert requests.get(srv.url + "/_catalog").json() == {"repositories": ["alpha", "beta", "gamma"]}
     assert requests.get(srv.url + "/_catalog?n=1&last=alpha").json() == {"repositories": ["beta"]}
     assert requests.get(srv.url + "/_catalog/beta").json() == {"maps": ["town"]}
+
+
+def test_an_old_lock_that_a_live_process_has_open_is_kept(tmp_path):
+    """git keeps packed-refs.lock open while it holds it (``git pack-refs`` over a million loose
+    refs, for many seconds): however old, it is not broken while a process has it open."""
+    import os
+
+    git_dir = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+    lock = git_dir / "packed-refs.lock"
+    lock.write_bytes(b"")
+    os.utime(lock, (1_000_000_000, 1_000_000_000))  # far older than STALE_LOCK_SECONDS
+    with open(lock, "rb") as held:
+        holder = subprocess.Popen(["sleep", "60"], stdin=held)
+    try:
+        assert Refs(str(git_dir)).break_stale_lock("packed-refs") is False
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Refs(str(git_dir)).break_stale_lock("packed-refs") is True
+    assert not lock.exists()

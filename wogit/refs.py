@@ -18,7 +18,9 @@ bit, which means nothing on a file and which git never sets; cleared just before
 rename): a marked lock whose ``flock`` is free was left by a writer that died (``kill -9``:
 the kernel releases a dead process's flocks), and is broken at once (``break_stale_lock``);
 any other lock (git's own, which take no flock) only once it is older than
-``STALE_LOCK_SECONDS``, since live writers hold one for milliseconds.
+``STALE_LOCK_SECONDS`` and no process has it open: git keeps ``packed-refs.lock`` open for as
+long as it holds it (``git pack-refs`` at a million loose refs, for many seconds), and holds a
+loose ref's lock for milliseconds.
 
 libgit2's own ref writes parse all of ``packed-refs`` into every repository handle that writes
 (one a thread) and scan it for each write: seconds and hundreds of MiB a thread at a million
@@ -383,8 +385,8 @@ class Refs:
                 except BlockingIOError:
                     return False  # its writer is alive
                 why = "its writer died"
-            elif time.time() - before.st_mtime >= STALE_LOCK_SECONDS:
-                why = f"older than {STALE_LOCK_SECONDS:g} s: left by a crashed writer"
+            elif time.time() - before.st_mtime >= STALE_LOCK_SECONDS and not _open_elsewhere(lock, before, fd):
+                why = f"older than {STALE_LOCK_SECONDS:g} s and open in no process: left by a crashed writer"
             else:
                 return False
             return _remove_if_same(self.git_dir, lock, before.st_ino, why)
@@ -454,6 +456,32 @@ def _chmod(fd: int, mode: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _open_elsewhere(path: str, st: os.stat_result, own_fd: int) -> bool:
+    """Whether a process other than this one's ``own_fd`` has the file ``st`` open, as far as
+    ``/proc`` shows (processes of other users may be hidden: they count as not having it)."""
+    me = str(os.getpid())
+    try:
+        processes = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return False  # no /proc: the age alone decides, as before
+    for pid in processes:
+        folder = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(folder)
+        except OSError:
+            continue
+        for fd in fds:
+            if pid == me and fd == str(own_fd):
+                continue
+            try:
+                target = os.stat(f"{folder}/{fd}")
+            except OSError:
+                continue
+            if (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
 
 
 def _remove_if_same(git_dir: str, lock: str, inode: int, why: str) -> bool:
