@@ -388,6 +388,7 @@ ERRORS = [
     ("[server]\nthreads = 0\n", 2, "threads must be at least 1"),
     ("[server]\nbacklog = -1\n", 2, "backlog must be at least 0"),
     ("[server]\ntimeout = 0\n", 2, "timeout must be above 0"),
+    ("[server]\nheader_timeout = 0\n", 2, "header_timeout must be above 0"),
     ("[server]\ntimeout = inf\n", 2, "timeout must be a finite number"),
     ("[server]\nfsync = 1\n", 2, "fsync must be true or false"),
     ('[server]\nhost = 1\n', 2, "host must be a string"),

@@ -35,7 +35,7 @@ _EXTRA = {"tls_cert": str, "tls_key": str, "max_login_failures": int, "login_fai
 _PATHS = {"data", "tls_cert", "tls_key", "auth_file", "replica_password_file"}  # resolved against the file's directory
 _LOWEST = {"port": 0, "threads": 1, "workers": 1, "max_idle_connections": 0, "max_uploads": 0, "max_login_failures": 1}  # numbers are never negative
 _HIGHEST = {"port": 65535}
-_POSITIVE = {"timeout", "login_failure_window", "replica_interval", "mirror_interval", "hook_timeout"}  # floats that must be above zero
+_POSITIVE = {"timeout", "header_timeout", "login_failure_window", "replica_interval", "mirror_interval", "hook_timeout"}  # floats that must be above zero
 _TABLES = ("server", "auth", "access")
 _LEVELS = "read, write, delete, admin"
 

@@ -377,6 +377,9 @@ class Refs:
             fd = os.open(lock, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return False
+        except PermissionError:  # another user's: whether its owner lives cannot be told
+            log.warning("cannot read %s to tell whether its writer lives: left in place", lock)
+            return False
         try:
             before = os.fstat(fd)
             if before.st_mode & _HELD:
