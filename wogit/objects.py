@@ -173,7 +173,8 @@ class _ObjectWriter:
         if self.level:
             segment = stages.deflate.submit(_deflate, view, self.level, self.dictionary, final)
             self.dictionary = bytes(view[-_WINDOW:])
-            futures.append(stages.out.submit(self.sink.deflated, view, segment))
+            # The segment too: an aborted write cancels or waits for it before its buffer is reused.
+            futures += [segment, stages.out.submit(self.sink.deflated, view, segment)]
         else:
             futures.append(stages.out.submit(self.sink.stored, view, final))
         return futures
