@@ -375,3 +375,34 @@ def test_an_old_lock_that_a_live_process_has_open_is_kept(tmp_path):
         holder.wait()
     assert Refs(str(git_dir)).break_stale_lock("packed-refs") is True
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_lock_that_is_not_a_file_is_left_and_never_blocks(tmp_path, kind):
+    """A FIFO or a directory where a lock goes (no writer makes one): breaking it neither blocks
+    on opening it nor removes it."""
+    import os
+
+    git_dir = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+    lock = git_dir / "refs" / "wo" / "m.lock"
+    lock.parent.mkdir(parents=True)
+    os.mkfifo(lock) if kind == "fifo" else lock.mkdir()
+    os.utime(lock, (1_000_000_000, 1_000_000_000))
+    assert Refs(str(git_dir)).break_stale_lock("refs/wo/m") is False
+    assert lock.exists() and sorted(p.name for p in git_dir.iterdir() if p.name.startswith("wogit-")) == []
+
+
+def test_an_unmarked_lock_dated_in_the_future_is_stale(tmp_path):
+    """A clock set back after a crash leaves a lock dated ahead: it is as stale as an old one."""
+    import os
+    import time
+
+    git_dir = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+    lock = git_dir / "packed-refs.lock"
+    lock.write_bytes(b"")
+    ahead = time.time() + 86400
+    os.utime(lock, (ahead, ahead))
+    assert Refs(str(git_dir)).break_stale_lock("packed-refs") is True
+    assert not lock.exists()

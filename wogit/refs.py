@@ -369,12 +369,14 @@ class Refs:
 
         A lock marked as held with an ``flock`` (a wogit writer's) is stale as soon as the flock
         is free: its writer died.  Any other lock (git's, or a wogit writer's in the
-        microseconds before it is marked) is stale once older than ``STALE_LOCK_SECONDS``.
+        microseconds before it is marked) is stale once older than ``STALE_LOCK_SECONDS`` (or
+        dated as far ahead: a clock set back) and open in no process.  One that is not a file (a
+        directory, a FIFO) is never broken: the write answers 503 once its retries run out.
         The lock is moved aside first and removed only if it is still the same file, so a
         fresh lock taken meanwhile survives."""
         lock = os.path.join(self.git_dir, name + ".lock")
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block
         except (FileNotFoundError, NotADirectoryError):
             return False
         except PermissionError:  # another user's: whether its owner lives cannot be told
@@ -382,13 +384,17 @@ class Refs:
             return False
         try:
             before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):  # no writer's: someone's mistake, for a person to mend
+                log.warning("%s is not a file: left in place, the ref cannot be written", lock)
+                return False
+            age = time.time() - before.st_mtime
             if before.st_mode & _HELD:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return False  # its writer is alive
                 why = "its writer died"
-            elif time.time() - before.st_mtime >= STALE_LOCK_SECONDS and not _open_elsewhere(lock, before, fd):
+            elif abs(age) >= STALE_LOCK_SECONDS and not _open_elsewhere(lock, before, fd):
                 why = f"older than {STALE_LOCK_SECONDS:g} s and open in no process: left by a crashed writer"
             else:
                 return False
