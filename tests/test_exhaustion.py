@@ -103,6 +103,16 @@ def test_an_upload_on_a_full_disk_is_507_stores_nothing_and_the_next_one_succeed
     assert (got.status_code, got.content) == (200, data)
 
 
+@tmpfs_only
+def test_readyz_on_a_full_disk_is_503_and_leaves_no_probe(disk):
+    before = disk.refs()
+    disk.leave(0)
+    ready = requests.get(disk.url + "/readyz", timeout=30)
+    assert (ready.status_code, ready.json()) == (503, {"msg": "cannot write in the repository's objects "
+                                                             "directory: No space left on device"})
+    assert_nothing_left(disk, before)
+
+
 @needs_a_disk
 def test_an_upload_the_disk_fills_under_halfway_leaves_no_temporary_object(disk):
     data = os.urandom(1 << 20)

@@ -958,10 +958,10 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
-                os.unlink(probe)
-            except FileNotFoundError:
-                pass  # a concurrent check removed it first: both wrote
+                try:
+                    os.unlink(probe)  # also when the disk is full: no probe is left behind
+                except FileNotFoundError:
+                    pass  # a concurrent check removed it first
         except OSError as exc:
             raise errors.NOT_READY(f"cannot write in the repository's objects directory: "
                                    f"{exc.strerror or exc}") from None
