@@ -204,6 +204,40 @@ def test_slow_request_heads_hold_no_worker(fresh_server):
             sock.close()
 
 
+def test_a_pipelined_partial_head_holds_no_worker(fresh_server):
+    """A whole request sent with the start of the next, then nothing: the partial head waits in
+    the selector too (it took a worker, 2 here, for the 30 s timeout, and never met the deadline)."""
+    srv = fresh_server(None, "--threads", "2", env={"WOGIT_HEADER_TIMEOUT": "1"})
+    slow = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(4)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\n\r\nGET /v1 HTTP/1.1\r\nX-Slow: a")
+        assert requests.get(srv.url + "/v1", timeout=5).status_code == 200
+        answers = []
+        for sock in slow:
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            answers.append(answer)
+        # each: the first answered, then, silent since, closed at the second head's deadline
+        assert [responses_in(answer) for answer in answers] == [[200]] * 4
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_pipelined_requests_whole_and_in_pieces_are_all_answered(fresh_server):
+    srv = fresh_server()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1 HTTP/1.1\r\nHost: x\r\n\r\nGET /v1 HTTP/1.1\r\nHost: x\r\n\r\nGET /v1 HT")
+        time.sleep(0.2)
+        sock.sendall(b"TP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert responses_in(answer) == [200, 200, 200]
+
+
 def test_request_head_in_pieces_is_answered(fresh_server):
     srv = fresh_server()
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:

@@ -127,6 +127,21 @@ class _Connection(cheroot_server.HTTPConnection):
     LINGER_SECONDS = 5.0
     LINGER_BYTES = 64 << 20
 
+    def buffered_head_whole(self, limit: int) -> bool:
+        """Whether what is buffered already (a pipelined request, sent with the one before it)
+        holds a whole head.  If it holds only the start of one, that becomes the head gathered
+        in the selector (``gather_head``): a client that sends a request and the first bytes of
+        the next, then the rest a byte at a time, holds no worker either."""
+        rfile = self.rfile
+        with rfile._read_lock:
+            buffered = rfile._read_buf[rfile._read_pos:]
+            head = RequestHead()
+            if head.add(buffered) or len(buffered) > limit:
+                return True
+            rfile._read_buf, rfile._read_pos = b"", 0
+        self.head = head
+        return False
+
     def gather_head(self, limit: int, timeout: float) -> bool | None:
         """Read what has arrived of the next request's head, without waiting (the selector's
         thread calls this when the socket is readable).  True: the head is whole (or too large,
@@ -273,8 +288,8 @@ class _Server(wsgi.Server):
             conn.wogit_waited = True
             self._connections.put(conn)
             return
-        if conn.rfile.has_data():  # pipelined: the head is buffered already
-            super().process_conn(conn)
+        if conn.rfile.has_data() and conn.buffered_head_whole(self.max_request_header_size):
+            super().process_conn(conn)  # pipelined: the next head is buffered already
             return
         ready = conn.gather_head(self.max_request_header_size, self.header_timeout)
         if ready:
