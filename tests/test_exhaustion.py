@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -20,7 +21,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, sha256
+from conftest import ROOT, sha256, status_of
 from wogit import config, names
 from wogit.client import Client
 from wogit.settings import Settings
@@ -295,6 +296,53 @@ def test_an_upload_beyond_max_uploads_is_503_with_retry_after_at_once_and_reads_
         time.sleep(0.05)
     after = upload(srv, names.CONFIG, b"after: 1\n")
     assert (after.status_code, after.json()) == (201, {"digest": sha256(b"after: 1\n")})
+
+
+def test_refused_uploads_that_go_on_sending_hold_no_worker(fresh_server):
+    """Each refused upload's connection drops what its client still sends for up to 5 s before
+    it closes: not in a worker (5 here: 1 for the held upload, and 4 refused ones still sending)."""
+    srv = fresh_server(None, "--threads", "5", "--max-uploads", "1")
+    held = exhaustion.SlowUpload(srv.url, os.urandom(1 << 20), 65536)
+    senders = []
+    try:
+        deadline = time.monotonic() + 20
+        plain = exhaustion._Plain(srv.url, srv.proc, str(srv.data))
+        while plain.metric("wogit_uploads_in_progress") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(b"PUT /blobs/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+            senders.append(sock)
+        answers = []
+        for sock in senders:  # each answered 503 while it keeps sending
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}\n"):
+                sock.sendall(b"x" * 4096)
+                answer += sock.recv(65536)
+            answers.append(status_of(answer))
+        assert answers == [503] * 4
+        stop = threading.Event()
+
+        def go_on_sending():  # a packet every 0.1 s: the server reads and drops them for 5 s
+            while not stop.wait(0.1):
+                for sock in senders:
+                    try:
+                        sock.sendall(b"x" * 4096)
+                    except OSError:
+                        pass
+
+        sending = threading.Thread(target=go_on_sending)
+        sending.start()
+        try:
+            time.sleep(0.3)
+            assert requests.get(srv.url + "/v1", timeout=3).status_code == 200  # old: waited 5 s for a worker
+        finally:
+            stop.set()
+            sending.join()
+    finally:
+        for sock in senders:
+            sock.close()
+        held.close()
 
 
 def test_the_client_sends_an_upload_again_after_retry_after(fresh_server, tmp_path):

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import selectors
 import signal
 import socket
 import ssl
@@ -205,22 +206,73 @@ class _Connection(cheroot_server.HTTPConnection):
         self.handshaken = True
 
     def close(self) -> None:
-        """Close; after an answer to a body left unread, linger to read (and drop) what is
-        still coming, so the client is not reset before it has read the answer."""
+        """Close; after an answer to a body left unread, the client's bytes still coming are
+        read and dropped (``_LINGERING``, not in this worker), so the client is not reset
+        before it has read the answer."""
         if self.unread_body:
             try:
-                self.socket.shutdown(socket.SHUT_WR)
-                self.socket.settimeout(0.5)
-                deadline = time.monotonic() + self.LINGER_SECONDS
-                dropped = 0
-                while dropped < self.LINGER_BYTES and time.monotonic() < deadline:
-                    data = self.socket.recv(1 << 16)
-                    if not data:
-                        break
-                    dropped += len(data)
+                self.socket.shutdown(socket.SHUT_WR)  # the answer is all there is
+                _LINGERING.add(socket.socket(fileno=os.dup(self.socket.fileno())),
+                               self.LINGER_SECONDS, self.LINGER_BYTES)
             except OSError:
                 pass
         super().close()
+
+
+class _Lingering:
+    """Connections answered before their body was read, read and dropped until the client
+    stops sending (or ``seconds``, or ``most`` bytes), all in one thread of their own: a worker
+    that lingered instead was held for seconds by each refused upload.  Beyond ``LIMIT`` at
+    once, a connection is closed at once."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._added: list[tuple[socket.socket, float, int]] = []
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, sock: socket.socket, seconds: float, most: int) -> None:
+        with self._lock:
+            if self._count >= self.LIMIT:
+                sock.close()
+                return
+            if self._pid != os.getpid():  # first use in this process (a worker forked afterwards)
+                self._pid, self._count, self._added = os.getpid(), 0, []
+                self._thread = threading.Thread(target=self._run, name="wogit-linger", daemon=True)
+                self._thread.start()
+            sock.setblocking(False)
+            self._added.append((sock, time.monotonic() + seconds, most))
+            self._count += 1
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        while True:
+            with self._lock:
+                added, self._added = self._added, []
+            for sock, deadline, most in added:
+                selector.register(sock, selectors.EVENT_READ, [deadline, most])
+            now = time.monotonic()
+            for key, _ in selector.select(0.1):
+                try:
+                    data = key.fileobj.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                key.data[1] -= len(data)
+                if not data or key.data[1] <= 0:
+                    key.data[0] = now  # done: closed below
+            for key in [key for key in selector.get_map().values() if key.data[0] <= now]:
+                selector.unregister(key.fileobj)
+                key.fileobj.close()
+                with self._lock:
+                    self._count -= 1
+
+
+_LINGERING = _Lingering()
 
 
 @contextlib.contextmanager
