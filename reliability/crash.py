@@ -681,6 +681,7 @@ def leftovers(data: Path) -> tuple[list[str], list[Path]]:
 PUBLISH = re.compile(r'^(\d+) +([\d.]+) (rename|renameat|renameat2|unlink|unlinkat)\((.*)\) = 0')
 FSYNC = re.compile(r'^(\d+) +([\d.]+) (?:fsync|fdatasync)\(\d+<([^>]*)>(\) = 0| <unfinished \.\.\.>)')
 RMDIR = re.compile(r'^(\d+) +([\d.]+) rmdir\("([^"]*)"\) = 0')
+MKDIR = re.compile(r'^(\d+) +([\d.]+) mkdir(?:at)?\((.*)\) = 0')
 RESUMED = re.compile(r'^(\d+) +([\d.]+) <\.\.\. (?:fsync|fdatasync) resumed>\) = 0')
 ANSWER = re.compile(r'^(\d+) +([\d.]+) (?:sendto|write|sendmsg)\(\d+<(?:socket|TCP)[^>]*>, "HTTP/1.1 2')
 PATHS = re.compile(r'"([^"]*)"')
@@ -690,12 +691,12 @@ def durability(work: Path) -> dict:
     """One write of each kind against a server run under ``strace -f``: before each 2xx answer,
     every file made visible in the repository (renamed into ``objects/``, ``refs/``,
     ``packed-refs``) must have been fsync'd before its rename, and its directory after it (also
-    for a ref file removed).  kill -9 keeps the page cache, so the crash runs cannot tell a
+    for a ref file removed, and the parent of every directory made).  kill -9 keeps the page cache, so the crash runs cannot tell a
     write that was synced from one that was not: this reads the system calls instead."""
     data, trace = work / "durable.git", work / "durable.strace"
     server = Server(data, 1, work)
     strace = ["strace", "-f", "-y", "-qq", "-ttt", "-s", "12", "-o", str(trace),
-              "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,rmdir,sendto,write,sendmsg"]
+              "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,rmdir,mkdir,mkdirat,sendto,write,sendmsg"]
     server.start(prefix=strace)
     rng = random.Random(0)
     driver = Driver(server, rng, Figures())
@@ -729,6 +730,12 @@ def durability(work: Path) -> dict:
             parent = os.path.dirname(os.path.normpath(found.group(3)))
             waiting[parent] = waiting.pop(os.path.normpath(found.group(3)))
             synced.discard(parent)
+        elif (found := MKDIR.match(line)) and (made := PATHS.findall(found.group(3))):
+            # a new directory's entry is in its parent, which must reach the disk too
+            made = os.path.normpath(made[0])
+            if os.path.relpath(made, root).startswith(("objects" + os.sep, "refs" + os.sep)):
+                synced.discard(os.path.dirname(made))
+                waiting[os.path.dirname(made)] = f"mkdir {os.path.relpath(made, root)}"
         elif found := PUBLISH.match(line):
             paths = [os.path.normpath(p) for p in PATHS.findall(found.group(4))]
             target = paths[-1]

@@ -57,6 +57,24 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def absent_dirs(folder: str, top: str) -> list[str]:
+    """The directories from ``folder`` up to (not including) ``top`` that do not exist yet."""
+    absent = []
+    while folder != top and len(folder) > len(top) and not os.path.isdir(folder):
+        absent.append(folder)
+        folder = os.path.dirname(folder)
+    return absent
+
+
+def sync_new_entries(folders: set[str], created: list[str]) -> None:
+    """fsync ``folders`` (which hold new or renamed entries) and the parent of every directory
+    in ``created``: a new directory's own entry is in its parent, which must reach the disk too."""
+    for folder in sorted(folders | {os.path.dirname(d) for d in created}, key=len, reverse=True):
+        while not os.path.isdir(folder):  # git removes the directories a deletion empties
+            folder = os.path.dirname(folder)
+        fsync_dir(folder)
+
+
 def _temp(objects_dir: str, prefix: str) -> tuple[int, str]:
     # git's own temporaries are objects/tmp_*; `git prune` sweeps stale ones.
     return tempfile.mkstemp(prefix=prefix, dir=objects_dir)

@@ -338,6 +338,7 @@ class Refs:
         ``Locked`` if another writer holds it, ``Moved`` if it is not at ``old``."""
         path = os.path.join(self.git_dir, name)
         lock = path + ".lock"
+        created = objects.absent_dirs(os.path.dirname(path), self.git_dir) if self.fsync else []
         fd = _create_lock(lock)
         if fd is None:
             raise Locked(name)
@@ -362,7 +363,7 @@ class Refs:
         finally:
             os.close(fd)
         if self.fsync:
-            objects.fsync_dir(os.path.dirname(path))
+            objects.sync_new_entries({os.path.dirname(path)}, created)
 
     def break_stale_lock(self, name: str) -> bool:
         """Remove ``<name>.lock`` if no live writer holds it; whether it did.

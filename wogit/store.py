@@ -871,16 +871,14 @@ class Store:
         of a service) does not stop it between its ref locks and their renames, which would
         leave locks only their age can break (reliability/crash.py); the commands are handed
         over whole (a ``start`` ... ``commit`` transaction: cut short, git applies none)."""
+        touched = {os.path.dirname(os.path.join(self.path, line.split()[1])) for line in commands.splitlines()}
+        created = [d for folder in touched for d in objects.absent_dirs(folder, self.path)] if self.fsync else []
         result = subprocess.run(["git", "--git-dir", self.path, "update-ref", "--stdin"],
                                 input=f"start\n{commands}commit\n", capture_output=True, text=True,
                                 env=objects.GIT_ENV, start_new_session=True)
         if result.returncode == 0:
             if self.fsync:  # git syncs the files it writes (core.fsync), not their directories
-                touched = {os.path.dirname(os.path.join(self.path, line.split()[1])) for line in commands.splitlines()}
-                for folder in sorted(touched | {self.path}):  # the refs' and packed-refs'
-                    while not os.path.isdir(folder):  # git removes the directories a deletion empties
-                        folder = os.path.dirname(folder)
-                    objects.fsync_dir(folder)
+                objects.sync_new_entries(touched | {self.path}, created)  # the refs' and packed-refs'
             self._changed()
             return
         full = _no_space(result.stderr)  # its messages name the lock it could not write: not contention
