@@ -129,10 +129,11 @@ class _Contended(Exception):
         self.ref = ref
 
 
-#: What a full disk, a quota reached or a file-size limit (RLIMIT_FSIZE) make a write fail with.
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: How git says the same in its messages (LC_ALL=C: objects.GIT_ENV).
-_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
+#: What a full disk, a quota reached or a file-size limit (RLIMIT_FSIZE) make a write fail with,
+#: and how git says it in its messages (LC_ALL=C: objects.GIT_ENV).
+_NO_SPACE = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+             errno.EFBIG: "File too large"}
+NO_SPACE_ERRNOS = frozenset(_NO_SPACE)
 
 
 def _storing(verb: Callable[..., T]) -> Callable[..., T]:
@@ -165,7 +166,7 @@ def _discarded_on_failure(prepared) -> Iterator[None]:
 
 def _no_space(git_stderr: str) -> OSError | None:
     """The OSError a git command's failure stands for when it ran out of space, else None."""
-    for code, words in zip((errno.ENOSPC, errno.EDQUOT, errno.EFBIG), _NO_SPACE_WORDS):
+    for code, words in _NO_SPACE.items():
         if words in git_stderr:
             return OSError(code, words)
     return None
@@ -247,11 +248,8 @@ class Store:
                 spooled.close()
             if spool_path is not None:
                 os.unlink(spool_path)
-        try:
+        with _discarded_on_failure([blob]):
             tree = self._prepare("tree", _index_entries(kind, blob.oid))
-        except BaseException:
-            objects.discard([blob])
-            raise
         objects.install(self.objects_dir, [blob, tree], self.fsync)  # synced together
         digest = names.digest(hexdigest)
         return Upload(digest, self._create_ref(names.blob_ref(kind, digest), tree.oid))
