@@ -371,12 +371,13 @@ class Store:
         may remove their index refs meanwhile (and put them back, wogit.maintenance): they are
         indexed again and checked again, rather than answered as a broken rule."""
         for attempt in range(3):
-            self._index_again(blobs)
+            if attempt:  # the first check failed: was it a gc's doing?
+                self._index_again(blobs)
             try:
                 return rules.require(rules.Change(ref, rules.ZERO, commit), view=self._view())
             except errors.WogitError:
-                if attempt == 2 or all(self.refs.get(names.blob_ref(kind, digest)) is not None
-                                       for kind, (digest, _) in blobs.items()):
+                if attempt == 2 or attempt and all(self.refs.get(names.blob_ref(kind, digest)) is not None
+                                                   for kind, (digest, _) in blobs.items()):
                     raise
 
     def _index_again(self, blobs: dict[str, tuple[str, str]]) -> None:
