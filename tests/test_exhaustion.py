@@ -345,6 +345,27 @@ def test_refused_uploads_that_go_on_sending_hold_no_worker(fresh_server):
         held.close()
 
 
+@pytest.mark.parametrize("case", ["too large", "too many uploads"])
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(fresh_server, case):
+    """A refusal answered before the body is read: the client (requests: it reads only once it
+    has sent all) gets the answer, not a reset, while the server drops the rest of the body."""
+    srv = fresh_server(None, "--threads", "6", "--max-uploads", "1", "--max-map-size", "1M")
+    held = exhaustion.SlowUpload(srv.url, os.urandom(1 << 20), 65536) if case == "too many uploads" else None
+    try:
+        if held is not None:
+            deadline = time.monotonic() + 20
+            plain = exhaustion._Plain(srv.url, srv.proc, str(srv.data))
+            while plain.metric("wogit_uploads_in_progress") != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        body = os.urandom(900 << 10) if held is not None else os.urandom(8 << 20)
+        refused = requests.put(srv.url + "/blobs/upload", data=body, timeout=30)
+        assert (refused.status_code, refused.headers["Connection"]) == ((503 if held else 413), "close")
+        assert "msg" in refused.json()
+    finally:
+        if held is not None:
+            held.close()
+
+
 def test_the_client_sends_an_upload_again_after_retry_after(fresh_server, tmp_path):
     srv = fresh_server(None, "--threads", "4", "--max-uploads", "1")
     held = exhaustion.SlowUpload(srv.url, os.urandom(1 << 20), 65536)

@@ -216,6 +216,12 @@ class _Connection(cheroot_server.HTTPConnection):
                                self.LINGER_SECONDS, self.LINGER_BYTES)
             except OSError:
                 pass
+            else:
+                # Not cheroot's close: its shutdown(SHUT_RDWR) would end the lingering copy's
+                # reading too, and closing it with bytes unread resets the connection.
+                self.rfile.close()
+                self.socket.close()
+                return
         super().close()
 
 
