@@ -280,6 +280,11 @@ class GitView:
         self.git_dir = git_dir
         self.env = env
         self._refs: dict[str, str] | None = None
+        # Objects never change: what was read once (a pushed tag's commit and tree, read by the
+        # hook's freshening and again by the rules) is not asked of git again.
+        self._commits: dict[str, Commit] = {}
+        self._trees: dict[str, list[Entry]] = {}
+        self._kinds: dict[str, str] = {}
 
     def _git(self, *args: str, data: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "--git-dir", self.git_dir, *args], capture_output=True,
@@ -298,7 +303,12 @@ class GitView:
         return {ref: oid for ref, oid in self._all_refs().items() if ref.startswith(prefix)}
 
     def kind(self, oid: str) -> str | None:
-        return self.headers([oid]).get(oid, (None,))[0]
+        if oid not in self._kinds:
+            found = self.headers([oid]).get(oid)
+            if found is None:
+                return None
+            self._kinds[oid] = found[0]
+        return self._kinds[oid]
 
     def headers(self, oids: list[str]) -> dict[str, tuple[str, int]]:
         if not oids:
@@ -314,21 +324,27 @@ class GitView:
         return found
 
     def commit(self, oid: str) -> Commit:
-        raw = self._git("cat-file", "commit", oid, data=True).stdout.decode("utf-8", "replace")
-        head, _, message = raw.partition("\n\n")
-        fields = [line.split(" ", 1) for line in head.splitlines() if " " in line]
-        tree = next(value for key, value in fields if key == "tree")
-        return Commit(tree, tuple(value for key, value in fields if key == "parent"), message)
+        if oid not in self._commits:
+            raw = self._git("cat-file", "commit", oid, data=True).stdout.decode("utf-8", "replace")
+            head, _, message = raw.partition("\n\n")
+            fields = [line.split(" ", 1) for line in head.splitlines() if " " in line]
+            tree = next(value for key, value in fields if key == "tree")
+            self._commits[oid] = Commit(tree, tuple(value for key, value in fields if key == "parent"), message)
+        return self._commits[oid]
 
     def tree(self, oid: str) -> list[Entry]:
-        raw = self._git("cat-file", "tree", oid, data=True).stdout
-        entries, at = [], 0
-        while at < len(raw):
-            space, nul = raw.index(b" ", at), raw.index(b"\0", at)
-            entries.append(Entry(int(raw[at:space], 8), raw[space + 1:nul].decode("utf-8", "replace"),
-                                 raw[nul + 1:nul + 21].hex()))
-            at = nul + 21
-        return entries
+        if oid not in self._trees:
+            raw = self._git("cat-file", "tree", oid, data=True).stdout
+            entries, at = [], 0
+            while at < len(raw):
+                space, nul = raw.index(b" ", at), raw.index(b"\0", at)
+                entries.append(Entry(int(raw[at:space], 8), raw[space + 1:nul].decode("utf-8", "replace"),
+                                     raw[nul + 1:nul + 21].hex()))
+                at = nul + 21
+            if not entries:  # missing (or the empty tree): not kept
+                return entries
+            self._trees[oid] = entries
+        return list(self._trees[oid])
 
     def blobs(self, oids: list[str]) -> dict[str, bytes]:
         if not oids:
