@@ -68,6 +68,8 @@ def fsck(git_dir) -> None:
 class Server:
     """A `wogit serve` process on its own data directory and a free port."""
 
+    started: list[Server] = []  # every one of this session: those a failed fixture left are stopped at its end
+
     def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None):
         self.data = Path(data)
         self.args = args
@@ -89,6 +91,7 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line}{self.log.read_text()}")
         self.url = match.group(1)
+        Server.started.append(self)
         return self
 
     def log_text(self) -> str:
@@ -124,6 +127,14 @@ class Server:
         reply = self.tag(path, m, c)
         assert reply.status_code == 201, reply.text
         return m, c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session():
+    """A fixture whose set-up failed after its server started never reaches its ``stop``."""
+    yield
+    for srv in Server.started:
+        srv.kill()
 
 
 @pytest.fixture(scope="session")
